@@ -1,0 +1,40 @@
+"""rllib-seeupo: SeeUPO (arXiv 2602.06554) as a Ray RLlib algorithm.
+
+Importing the package registers the ``seeupo/<name>`` envs and the algorithms with Tune,
+so ``tune.Tuner("SeeUPO", ...)`` works by name.
+"""
+
+from ray.tune.registry import register_trainable
+
+from rllib_seeupo.algorithm import SeeUPO
+from rllib_seeupo.config import SeeUPOConfig
+from rllib_seeupo.presets import (
+    ALGORITHMS,
+    GRAEReinforce,
+    GRAEReinforceConfig,
+    GRPO,
+    GRPOConfig,
+    GSPO,
+    GSPOConfig,
+    RLOO,
+    RLOOConfig,
+)
+from rllib_seeupo.turn_env import SHARED_MODULE_ID, register_envs
+
+register_envs()
+for _name, _cls in ALGORITHMS.items():
+    register_trainable(_name, _cls)
+
+__all__ = [
+    "GRAEReinforce",
+    "GRAEReinforceConfig",
+    "GRPO",
+    "GRPOConfig",
+    "GSPO",
+    "GSPOConfig",
+    "RLOO",
+    "RLOOConfig",
+    "SHARED_MODULE_ID",
+    "SeeUPO",
+    "SeeUPOConfig",
+]

@@ -1,0 +1,242 @@
+"""``SeeUPO``: the training loop. Sample task groups, compute GRAE advantages, then update
+the turns one after another (reverse order by default), carrying HAPPO's compound factor
+M between them, and finally sync the new weights to the env runners."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Hashable
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.core.columns import Columns
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+
+from rllib_seeupo import objectives
+from rllib_seeupo.config import SeeUPOConfig
+from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, OLD_LOGP, TURN
+from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
+from rllib_seeupo.objectives import CompoundRatio, UpdateOrder
+from rllib_seeupo.turn_env import SHARED_MODULE_ID, TurnAgentEnv, turn_index
+
+ROLLOUTS = "rollouts"  # metrics key of the rollout/grouping statistics
+
+
+@dataclasses.dataclass
+class Rollout:
+    """One finished episode: its task, its reward and the data of each turn it played."""
+
+    episode_id: str
+    task_id: Hashable
+    reward: float
+    turns: dict[int, dict[str, Any]]  # turn index -> that turn's obs, action, model outputs
+
+
+def _turn_envs(env_runner) -> list[TurnAgentEnv]:
+    subs = []
+    for env in getattr(env_runner.env, "envs", []):
+        while not isinstance(env, TurnAgentEnv) and hasattr(env, "env"):
+            env = env.env
+        if isinstance(env, TurnAgentEnv):
+            subs.append(env)
+    if not subs:
+        raise TypeError(
+            "SeeUPO needs a turn-as-agent env (a registered 'seeupo/<name>' env or a "
+            f"rllib_seeupo.turn_env.TurnAgentEnv); got {type(env_runner.env).__name__}"
+        )
+    return subs
+
+
+def _runner_task_ids(env_runner, split: str = "train"):
+    return _turn_envs(env_runner)[0].task_ids(split)
+
+
+def _sample_scheduled(env_runner, schedules: dict[int, list]):
+    """Sample one complete episode per entry of this runner's task schedule."""
+    import collections
+
+    schedule = schedules.get(env_runner.worker_index, [])
+    if not schedule:
+        return [], env_runner.get_metrics()
+    queue = collections.deque(schedule)
+    for sub_env in _turn_envs(env_runner):
+        sub_env.task_queue = queue
+    episodes = env_runner.sample(num_episodes=len(schedule), explore=True)
+    return episodes, env_runner.get_metrics()
+
+
+def _to_rollout(episode) -> Rollout | None:
+    turns, returns, task_id = {}, [], None
+    for agent_id, agent_episode in episode.agent_episodes.items():
+        if len(agent_episode) == 0:
+            continue
+        k = turn_index(agent_id)
+        row = {
+            Columns.OBS: agent_episode.get_observations(0),
+            Columns.ACTIONS: agent_episode.get_actions(0),
+        }
+        for key in agent_episode.extra_model_outputs.keys():
+            row[key] = agent_episode.get_extra_model_outputs(key, 0)
+        turns[k] = row
+        returns.append(float(np.sum(agent_episode.get_rewards())))
+        task_id = agent_episode.get_infos(0).get("task_id", task_id)
+    if not turns:
+        return None
+    # Every turn shares the rollout's reward; the mean keeps a per-turn penalty counted once.
+    return Rollout(episode.id_, task_id, float(np.mean(returns)), turns)
+
+
+class SeeUPO(Algorithm):
+    """SeeUPO on RLlib's new API stack. See ``SeeUPOConfig`` for the settings."""
+
+    @classmethod
+    def get_default_config(cls) -> SeeUPOConfig:
+        return SeeUPOConfig()
+
+    def training_step(self) -> None:
+        config = self.config
+        rng = np.random.default_rng([config.seed or 0, self.iteration])
+
+        # 1. Sample: each of B tasks rolled out n times.
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes, runner_metrics = self._sample_task_groups(rng)
+            self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
+        rollouts, advantages = self._group_advantages(episodes)
+        if not rollouts:
+            return
+
+        # 2. Update the turns one after another, carrying M between them.
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            present = {k for r in rollouts for k in r.turns}
+            schedule = objectives.update_schedule(config.update_order, present, rng)
+            carry_m = config.compound_ratio == CompoundRatio.STEPWISE and config.update_order != UpdateOrder.PARALLEL
+            compound = {r.episode_id: 1.0 for r in rollouts}
+            for position, turns in enumerate(schedule):
+                rows = [(i, k) for k in turns for i, r in enumerate(rollouts) if k in r.turns]
+                columns = self._module_class.collate_turn_rows([rollouts[i].turns[k] for i, k in rows])
+                before = None
+                if config.old_policy == "current" or carry_m:
+                    before = self._response_logp(columns)
+                index = np.array([i for i, _ in rows])
+                m = np.array([compound[rollouts[i].episode_id] for i in index], dtype=np.float32)
+                columns[OLD_LOGP] = before if config.old_policy == "current" else columns[BEHAVIOUR_LOGP]
+                columns[ADVANTAGES] = advantages[index]
+                columns[COMPOUND_FACTOR] = m
+                columns[TURN] = np.array([k for _, k in rows], dtype=np.int64)
+                results = self.learner_group.update(
+                    batch=MultiAgentBatch({SHARED_MODULE_ID: SampleBatch(columns)}, env_steps=len(rows)),
+                    timesteps={
+                        NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                            (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
+                        )
+                    },
+                    num_epochs=config.num_epochs_per_turn,
+                    minibatch_size=config.minibatch_size,
+                    shuffle_batch_per_epoch=config.shuffle_batch_per_epoch,
+                )
+                self.metrics.aggregate(results, key=LEARNER_RESULTS)
+                key = f"turn_{turns[0]}" if len(turns) == 1 else "all_turns"
+                self.metrics.log_dict(
+                    {"compound_factor_mean": float(m.mean()), "compound_factor_min": float(m.min()),
+                     "compound_factor_max": float(m.max())},
+                    key=(LEARNER_RESULTS, SHARED_MODULE_ID, key), window=1,
+                )
+                if carry_m and position + 1 < len(schedule):
+                    after = self._response_logp(columns)
+                    rho = torch.exp(objectives.sequence_log_ratio(
+                        torch.as_tensor(after), torch.as_tensor(before), torch.as_tensor(columns[RESPONSE_MASK])))
+                    new_m = objectives.update_compound_factor(torch.as_tensor(m), rho, config.compound_clip)
+                    for i, value in zip(index, new_m.tolist()):
+                        compound[rollouts[i].episode_id] = value
+
+        # 3. Sync the new weights to the env runners.
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group,
+                policies=[SHARED_MODULE_ID],
+                inference_only=True,
+            )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _module_class(self):
+        return self.config.rl_module_spec.module_class
+
+    @functools.cached_property
+    def _train_task_ids(self):
+        local = self.config.num_env_runners == 0
+        ids = None if local else self.env_runner_group.healthy_worker_ids()[:1]
+        return self.env_runner_group.foreach_env_runner(
+            _runner_task_ids, local_env_runner=local, remote_worker_ids=ids
+        )[0]
+
+    def _sample_task_groups(self, rng: np.random.Generator):
+        config = self.config
+        task_ids = self._train_task_ids
+        picks = rng.choice(len(task_ids), size=config.tasks_per_iteration, replace=len(task_ids) < config.tasks_per_iteration)
+        tasks = [task_ids[int(i)] for i in picks]
+        local = config.num_env_runners == 0
+        workers = [0] if local else self.env_runner_group.healthy_worker_ids()
+        schedules = {
+            w: [t for t in tasks[j :: len(workers)] for _ in range(config.group_size)]
+            for j, w in enumerate(workers)
+        }
+        results = self.env_runner_group.foreach_env_runner(
+            functools.partial(_sample_scheduled, schedules=schedules),
+            local_env_runner=local,
+            remote_worker_ids=None if local else workers,
+        )
+        episodes = [ep for eps, _ in results for ep in eps]
+        return episodes, [metrics for _, metrics in results]
+
+    def _group_advantages(self, episodes) -> tuple[list[Rollout], np.ndarray]:
+        """Group rollouts by task; a task with a single rollout has no baseline and is dropped."""
+        rollouts = [r for r in map(_to_rollout, episodes) if r is not None]
+        groups: dict[Hashable, int] = {}
+        for r in rollouts:
+            groups.setdefault(repr(r.task_id), 0)
+            groups[repr(r.task_id)] += 1
+        kept = [r for r in rollouts if groups[repr(r.task_id)] >= 2]
+        group_of = {key: g for g, key in enumerate(k for k, n in groups.items() if n >= 2)}
+        rewards = np.array([r.reward for r in rollouts], dtype=np.float64)
+        self.metrics.log_dict(
+            {
+                "reward_mean": float(rewards.mean()) if len(rewards) else float("nan"),
+                "num_rollouts": len(rollouts),
+                "num_groups": len(group_of),
+                "dropped_rollouts": len(rollouts) - len(kept),
+            },
+            key=ROLLOUTS,
+            window=1,
+        )
+        if not kept:
+            return [], np.zeros(0, dtype=np.float32)
+        advantages = objectives.group_relative_advantages(
+            torch.tensor([r.reward for r in kept]),
+            torch.tensor([group_of[repr(r.task_id)] for r in kept]),
+            norm=self.config.advantage_norm,
+            clip=self.config.advantage_clip,
+        )
+        return kept, advantages.numpy()
+
+    def _response_logp(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """``(B, L)`` log-probs of the rows' responses under the learner's current weights
+        (all learners hold the same weights, so one of them computes it)."""
+        ids = None if self.learner_group.is_local else self.learner_group._worker_manager.healthy_actor_ids()[:1]
+        results = self.learner_group.foreach_learner(
+            lambda learner: learner.compute_response_logp(SHARED_MODULE_ID, columns),
+            remote_actor_ids=ids,
+        )
+        return next(iter(results)).get()

@@ -1,0 +1,184 @@
+"""``SeeUPOConfig``: RLlib-style fluent configuration for SeeUPO and its baselines."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from rllib_seeupo.objectives import AdvantageNorm, CompoundRatio, RatioLevel, UpdateOrder
+from rllib_seeupo.turn_env import SHARED_MODULE_ID, shared_module_mapping
+
+if TYPE_CHECKING:
+    from ray.rllib.core.learner.learner import Learner
+
+OLD_POLICY_SOURCES = ("current", "rollout")
+
+
+class SeeUPOConfig(AlgorithmConfig):
+    """Configuration for SeeUPO (arXiv 2602.06554).
+
+    .. code-block:: python
+
+        from rllib_seeupo import SeeUPOConfig
+
+        config = (
+            SeeUPOConfig()
+            .environment("seeupo/bandit", env_config={"num_turns": 4})
+            .training(group_size=8, tasks_per_iteration=8, lr=0.05)
+        )
+        algo = config.build_algo()
+        print(algo.train()["learners"])
+    """
+
+    def __init__(self, algo_class=None):
+        from rllib_seeupo.algorithm import SeeUPO
+
+        super().__init__(algo_class=algo_class or SeeUPO)
+        # SeeUPO defaults (DESIGN.md section 3).
+        self.group_size = 8
+        self.tasks_per_iteration = 8
+        self.update_order = UpdateOrder.REVERSE.value
+        self.advantage_norm = AdvantageNorm.BATCH.value
+        self.advantage_clip = 3.0
+        self.ratio_level = RatioLevel.SEQUENCE.value
+        self.clip_param = 0.2
+        self.compound_ratio = CompoundRatio.STEPWISE.value
+        self.compound_clip = 0.2
+        self.kl_coeff = 0.002
+        self.entropy_coeff = 0.0
+        self.num_epochs_per_turn = 1
+        self.minibatch_size = None
+        self.old_policy = "current"
+        self.max_turns = None
+        self.lr = 1e-5
+        self.shuffle_batch_per_epoch = True
+        # Rollouts: whole episodes, one shared module for every turn agent.
+        self.batch_mode = "complete_episodes"
+        self.num_env_runners = 0
+        self.policies = {SHARED_MODULE_ID}
+        self.policy_mapping_fn = shared_module_mapping
+        # The reference/value parts of a module get no gradient from every loss.
+        self.torch_ddp_kwargs = {"find_unused_parameters": True}
+
+    def training(
+        self,
+        *,
+        group_size: int = NotProvided,
+        tasks_per_iteration: int = NotProvided,
+        update_order: str = NotProvided,
+        advantage_norm: str = NotProvided,
+        advantage_clip: float | None = NotProvided,
+        ratio_level: str = NotProvided,
+        clip_param: float = NotProvided,
+        compound_ratio: str = NotProvided,
+        compound_clip: float = NotProvided,
+        kl_coeff: float = NotProvided,
+        entropy_coeff: float = NotProvided,
+        num_epochs_per_turn: int = NotProvided,
+        old_policy: str = NotProvided,
+        max_turns: int | None = NotProvided,
+        **kwargs,
+    ) -> "SeeUPOConfig":
+        """Sets SeeUPO's training settings (and any of ``AlgorithmConfig.training``'s).
+
+        Args:
+            group_size: Rollouts per task (n); advantages are relative to the group.
+            tasks_per_iteration: Tasks drawn per iteration (B); B * n episodes are sampled.
+            update_order: ``reverse`` (SeeUPO: T-1 down to 0), ``forward``, ``random`` or
+                ``parallel`` (every turn in one update, as GRPO/GSPO).
+            advantage_norm: ``batch`` (one std over the batch, then clip), ``none``,
+                ``group_std`` (GRPO) or ``leave_one_out`` (RLOO).
+            advantage_clip: Bound c of ``batch`` advantages; None disables the clip.
+            ratio_level: ``sequence`` (GSPO's geometric-mean ratio) or ``token``.
+            clip_param: PPO clip range eps of the ratio.
+            compound_ratio: ``stepwise`` (HAPPO's factor M carried between turns) or ``none``.
+            compound_clip: Clip range eps_M of M.
+            kl_coeff: beta of the k3 KL to the reference (initial) policy.
+            entropy_coeff: Coefficient of the entropy bonus.
+            num_epochs_per_turn: Passes over a turn's rows per turn update (``minibatch_size``
+                splits each pass into several optimizer steps; None = one step per pass).
+            old_policy: ``current``: pi_old of turn k is the parameters left by the turns
+                updated before it (recomputed); ``rollout``: the sampling policy.
+            max_turns: Upper bound on the turns per episode; None takes it from the env.
+        """
+        super().training(**kwargs)
+        for name, value in dict(
+            group_size=group_size,
+            tasks_per_iteration=tasks_per_iteration,
+            update_order=update_order,
+            advantage_norm=advantage_norm,
+            advantage_clip=advantage_clip,
+            ratio_level=ratio_level,
+            clip_param=clip_param,
+            compound_ratio=compound_ratio,
+            compound_clip=compound_clip,
+            kl_coeff=kl_coeff,
+            entropy_coeff=entropy_coeff,
+            num_epochs_per_turn=num_epochs_per_turn,
+            old_policy=old_policy,
+            max_turns=max_turns,
+        ).items():
+            if value is not NotProvided:
+                setattr(self, name, value)
+        return self
+
+    def validate(self) -> None:
+        super().validate()
+        self._validate_seeupo()
+
+    def _validate_seeupo(self) -> None:
+        def fail(field: str, why: str):
+            raise ValueError(f"SeeUPOConfig.{field}: {why} (got {getattr(self, field)!r})")
+
+        for field, enum_cls in (
+            ("update_order", UpdateOrder),
+            ("advantage_norm", AdvantageNorm),
+            ("ratio_level", RatioLevel),
+            ("compound_ratio", CompoundRatio),
+        ):
+            allowed = [e.value for e in enum_cls]
+            if getattr(self, field) not in allowed and getattr(self, field) not in list(enum_cls):
+                fail(field, f"must be one of {allowed}")
+        for field in ("group_size", "tasks_per_iteration", "num_epochs_per_turn"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(field, "must be an integer >= 1")
+        if self.group_size < 2:
+            fail("group_size", "must be >= 2: a group-relative advantage needs two rollouts per task")
+        for field in ("clip_param", "compound_clip"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not value > 0:
+                fail(field, "must be a number > 0")
+        if self.compound_clip >= 1:
+            fail("compound_clip", "must be < 1 so that M stays positive")
+        if self.advantage_clip is not None and not (
+            isinstance(self.advantage_clip, (int, float)) and self.advantage_clip > 0
+        ):
+            fail("advantage_clip", "must be a number > 0 or None")
+        for field in ("kl_coeff", "entropy_coeff"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or (field == "kl_coeff" and value < 0):
+                fail(field, "must be a finite number" + (" >= 0" if field == "kl_coeff" else ""))
+        if self.old_policy not in OLD_POLICY_SOURCES:
+            fail("old_policy", f"must be one of {list(OLD_POLICY_SOURCES)}")
+        if self.max_turns is not None and (not isinstance(self.max_turns, int) or self.max_turns < 1):
+            fail("max_turns", "must be an integer >= 1 or None")
+        if self.minibatch_size is not None and (not isinstance(self.minibatch_size, int) or self.minibatch_size < 1):
+            fail("minibatch_size", "must be an integer >= 1 or None")
+        if self.batch_mode != "complete_episodes":
+            fail("batch_mode", "must be 'complete_episodes': advantages need whole episodes")
+        if not isinstance(self.lr, (list, tuple)) and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            fail("lr", "must be a number > 0 or a schedule")
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        from rllib_seeupo.modules.tabular import TabularSoftmaxRLModule
+
+        return RLModuleSpec(module_class=TabularSoftmaxRLModule)
+
+    def get_default_learner_class(self) -> type["Learner"]:
+        from rllib_seeupo.learner import SeeUPOTorchLearner
+
+        return SeeUPOTorchLearner

@@ -1,0 +1,82 @@
+"""``SeeUPOTorchLearner``: one turn's update, the loss from ``objectives.policy_loss``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.utils.typing import ModuleID, ParamDict
+
+from rllib_seeupo import objectives
+from rllib_seeupo.modules.api import RESPONSE_ENTROPY, RESPONSE_LOGP, RESPONSE_MASK
+
+# Columns the algorithm adds to each turn's batch.
+ADVANTAGES = "advantages"  # (B,)
+COMPOUND_FACTOR = "compound_factor"  # (B,) M of the row's rollout
+OLD_LOGP = "old_logp"  # (B, L) log pi_old of the response tokens
+TURN = "turn"  # (B,) turn index k of each row
+
+
+def turn_metrics_key(turns: torch.Tensor | np.ndarray) -> str:
+    """``turn_3`` for a single-turn batch, ``all_turns`` for a parallel update."""
+    unique = np.unique(np.asarray(turns.cpu() if isinstance(turns, torch.Tensor) else turns))
+    return f"turn_{int(unique[0])}" if len(unique) == 1 else "all_turns"
+
+
+class SeeUPOTorchLearner(TorchLearner):
+    """Runs ``num_epochs_per_turn`` passes of the clipped, M-weighted surrogate on the
+    rows of the turn(s) in the batch. The algorithm decides the order of the turns."""
+
+    def compute_loss_for_module(
+        self,
+        *,
+        module_id: ModuleID,
+        config: Any,
+        batch: dict[str, Any],
+        fwd_out: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        module = self.module[module_id].unwrapped()
+        ref_logp = None
+        if config.kl_coeff:
+            with torch.no_grad():
+                ref_logp = module.response_logp(batch, reference=True)
+        loss, stats = objectives.policy_loss(
+            logp=fwd_out[RESPONSE_LOGP],
+            old_logp=batch[OLD_LOGP],
+            mask=batch[RESPONSE_MASK],
+            advantages=batch[ADVANTAGES],
+            compound_factor=batch[COMPOUND_FACTOR],
+            ratio_level=config.ratio_level,
+            clip=config.clip_param,
+            ref_logp=ref_logp,
+            kl_coeff=config.kl_coeff,
+            entropy=fwd_out.get(RESPONSE_ENTROPY),
+            entropy_coeff=config.entropy_coeff,
+        )
+        self._turn_key = turn_metrics_key(batch[TURN])
+        stats["rows"] = batch[RESPONSE_MASK].any(dim=-1).sum().float()
+        self.metrics.log_dict(stats, key=(module_id, self._turn_key), window=1)
+        self.metrics.log_dict(
+            {k: stats[k] for k in ("policy_loss", "ratio_mean", "clip_fraction")}, key=module_id, window=1
+        )
+        return loss
+
+    def compute_gradients(self, loss_per_module: dict[ModuleID, torch.Tensor], **kwargs) -> ParamDict:
+        grads = super().compute_gradients(loss_per_module, **kwargs)
+        norms = [g.detach().norm() for g in grads.values() if g is not None]
+        if norms:
+            grad_norm = torch.linalg.vector_norm(torch.stack(norms))
+            for module_id in loss_per_module:
+                self.metrics.log_value((module_id, self._turn_key, "grad_norm"), grad_norm, window=1)
+        return grads
+
+    @torch.no_grad()
+    def compute_response_logp(self, module_id: ModuleID, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """``(B, L)`` log-probs of the response tokens under the current parameters."""
+        module = self.module[module_id].unwrapped()
+        batch = {
+            k: torch.as_tensor(v, device=self._device) for k, v in columns.items() if v.dtype != object
+        }
+        return module.response_logp(batch).float().cpu().numpy()
