@@ -154,9 +154,10 @@ class SeeUPO(Algorithm):
                 )
                 if carry_m and position + 1 < len(schedule):
                     after = self._response_logp(columns)
-                    rho = torch.exp(objectives.sequence_log_ratio(
-                        torch.as_tensor(after), torch.as_tensor(before), torch.as_tensor(columns[RESPONSE_MASK])))
-                    new_m = objectives.update_compound_factor(torch.as_tensor(m), rho, config.compound_clip)
+                    log_rho = objectives.sequence_log_ratio(
+                        torch.tensor(after), torch.tensor(before), torch.tensor(columns[RESPONSE_MASK])
+                    )
+                    new_m = objectives.update_compound_factor(torch.tensor(m), torch.exp(log_rho), config.compound_clip)
                     for i, value in zip(index, new_m.tolist()):
                         compound[rollouts[i].episode_id] = value
 

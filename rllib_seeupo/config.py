@@ -57,6 +57,9 @@ class SeeUPOConfig(AlgorithmConfig):
         self.shuffle_batch_per_epoch = True
         # Rollouts: whole episodes, one shared module for every turn agent.
         self.batch_mode = "complete_episodes"
+        # RLlib re-converts every finished episode after each env step when this is on
+        # (quadratic in episodes per sample); the learner batches are built by hand anyway.
+        self.episodes_to_numpy = False
         self.num_env_runners = 0
         self.policies = {SHARED_MODULE_ID}
         self.policy_mapping_fn = shared_module_mapping

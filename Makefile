@@ -1,0 +1,34 @@
+# The two commands of the README: `make train` (the main job) and `make test`.
+# Both set everything up first; setup is skipped when pyproject.toml has not changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU torch first, pinned: an open requirement could pull a multi-GB CUDA build.
+# Elsewhere, add e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
+TORCH ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+EXTRAS ?= dev
+export OMP_NUM_THREADS ?= 1
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: setup train test test-all clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) $(TORCH)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+train: setup
+	$(PY) -m rllib_seeupo train tuned_examples/bandit_seeupo.yaml --no-tune --output-dir results/main
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ""
+
+clean:
+	rm -rf $(VENV) results

@@ -1,0 +1,212 @@
+"""Command line: ``python -m rllib_seeupo train FILE.yaml`` and ``plot``.
+
+Ray 2.60 ships neither an ``rllib`` CLI nor YAML tuned examples for the new API stack;
+this is the small replacement for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rllib_seeupo.experiment import Experiment, algorithm_class, build_config, load_experiment, search_space
+from rllib_seeupo.reporting import (
+    iteration_record,
+    plot_learning_curve,
+    progress_line,
+    should_stop,
+    write_summary,
+)
+
+
+def _init_ray() -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="WARNING")
+
+
+def _final(records: list[dict[str, float]]) -> dict[str, float]:
+    final = dict(records[-1]) if records else {}
+    for key in ("optimality_ratio", "reward_mean"):
+        values = [r[key] for r in records if key in r]
+        if values:
+            final[f"best_{key}"] = max(values)
+    return final
+
+
+def train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
+    """Build the algorithm here, train until ``stop``, checkpoint, summarise."""
+    import torch
+
+    # The algorithm runs in this process next to Ray's workers: one intra-op thread
+    # avoids oversubscribing the cores (several times faster on small machines).
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    _init_ray()
+    config = build_config(experiment)
+    algo = config.build_algo()
+    records: list[dict[str, float]] = []
+    start = time.time()
+    checkpoint = out_dir / "checkpoint"
+    try:
+        while True:
+            result = algo.train()
+            record = iteration_record(result)
+            records.append(record)
+            print(progress_line(record), flush=True)
+            if experiment.checkpoint_freq and algo.iteration % experiment.checkpoint_freq == 0:
+                algo.save_to_path(checkpoint.resolve())
+            if should_stop(record, result, experiment.stop) or not experiment.stop:
+                break
+        algo.save_to_path(checkpoint.resolve())
+    finally:
+        algo.stop()
+    return {
+        "iterations": records,
+        "final": _final(records),
+        "wall_time_s": time.time() - start,
+        "checkpoint": str(checkpoint),
+    }
+
+
+def train_with_tune(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
+    """Run the experiment (and any grid in it) as Tune trials; summarise the best one."""
+    from ray import tune
+
+    _init_ray()
+    per_trial: dict[str, list[dict[str, float]]] = {}
+
+    class Progress(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            record = iteration_record(result)
+            per_trial.setdefault(trial.trial_id, []).append(record)
+            prefix = f"[{trial.trial_id}] " if len(trials) > 1 else ""
+            print(prefix + progress_line(record), flush=True)
+
+    config = build_config(experiment)
+    param_space = config.to_dict()
+    param_space.update(search_space(experiment))
+    start = time.time()
+    tuner = tune.Tuner(
+        algorithm_class(experiment.run),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(num_samples=experiment.num_samples),
+        run_config=tune.RunConfig(
+            name=experiment.name,
+            storage_path=str(out_dir.resolve()),
+            stop=experiment.stop or {"training_iteration": 1},
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=experiment.checkpoint_freq, checkpoint_at_end=True
+            ),
+            callbacks=[Progress()],
+            verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} trial(s) failed; first error: {errors[0]}")
+    best = grid.get_best_result(metric=experiment.metric, mode=experiment.mode, scope="last")
+    trials = []
+    for result in grid:
+        trial_id = result.metrics.get("trial_id")
+        trials.append(
+            {
+                "trial_id": trial_id,
+                "config": {k: result.config.get(k) for k in search_space(experiment)},
+                "final": _final(per_trial.get(trial_id, [])),
+                "checkpoint": str(result.checkpoint.path) if result.checkpoint else None,
+            }
+        )
+    best_id = best.metrics.get("trial_id")
+    records = per_trial.get(best_id, [])
+    return {
+        "iterations": records,
+        "final": _final(records),
+        "wall_time_s": time.time() - start,
+        "checkpoint": str(best.checkpoint.path) if best.checkpoint else None,
+        "best_trial": best_id,
+        "trials": trials,
+    }
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    experiment = load_experiment(args.file, args.set or [])
+    if args.stop_iters is not None:
+        experiment.stop["training_iteration"] = args.stop_iters
+    out_dir = Path(args.output_dir or Path("results") / experiment.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    use_tune = not args.no_tune or experiment.has_search_space()
+    if args.no_tune and experiment.has_search_space():
+        print("note: the experiment has a search space, so it runs through Tune", file=sys.stderr)
+    # Validate before any Ray start-up: a wrong config fails in a second, naming the field.
+    build_config(experiment).validate()
+    print(f"{experiment.run} on {experiment.env}: {experiment.name} -> {out_dir}", flush=True)
+    run = train_with_tune(experiment, out_dir) if use_tune else train_in_process(experiment, out_dir)
+    summary = {
+        "experiment": experiment.name,
+        "algorithm": experiment.run,
+        "env": experiment.env,
+        "config_file": str(args.file),
+        "overrides": list(args.set or []),
+        **run,
+    }
+    write_summary(out_dir, summary)
+    plot = plot_learning_curve(summary["iterations"], out_dir / "learning_curve.png", f"{experiment.run} on {experiment.env}")
+    print_summary(summary, out_dir, plot)
+    return 0
+
+
+def print_summary(summary: dict[str, Any], out_dir: Path, plot: Path) -> None:
+    final = summary["final"]
+    first = summary["iterations"][0] if summary["iterations"] else {}
+    print()
+    print(f"== {summary['algorithm']} on {summary['env']}: {len(summary['iterations'])} iterations "
+          f"in {summary['wall_time_s']:.0f} s")
+    for key in ("reward_mean", "optimality_ratio", "eval_success_before", "eval_success_after"):
+        if key in final:
+            start = f" (first iteration {first[key]:.3f})" if key in first else ""
+            print(f"   {key}: {final[key]:.3f}{start}")
+    print(f"   summary: {out_dir / 'summary.json'}")
+    print(f"   plot:    {plot}")
+    if summary.get("checkpoint"):
+        print(f"   checkpoint: {summary['checkpoint']}")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    summary = json.loads(Path(args.summary).read_text())
+    out = Path(args.output or Path(args.summary).with_name("learning_curve.png"))
+    plot_learning_curve(summary["iterations"], out, f"{summary['algorithm']} on {summary['env']}")
+    print(out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rllib_seeupo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run a YAML tuned example")
+    train.add_argument("file", help="tuned-example YAML")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. lr=0.1 or stop.training_iteration=5")
+    train.add_argument("--stop-iters", type=int, help="stop after this many iterations")
+    train.add_argument("--output-dir", help="where summary.json, the plot and checkpoints go")
+    train.add_argument("--no-tune", action="store_true", help="train in this process instead of as a Tune trial")
+    train.set_defaults(func=cmd_train)
+
+    plot = sub.add_parser("plot", help="redraw learning_curve.png from a summary.json")
+    plot.add_argument("summary")
+    plot.add_argument("--output")
+    plot.set_defaults(func=cmd_plot)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

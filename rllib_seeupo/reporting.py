@@ -1,0 +1,122 @@
+"""Per-iteration records, progress lines, ``summary.json`` and the learning-curve plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ray.rllib.utils.metrics import ALL_MODULES
+
+
+def _scalar(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _flatten(prefix: str, node: Any, out: dict[str, float]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _flatten(f"{prefix}/{key}" if prefix else str(key), value, out)
+    else:
+        value = _scalar(node)
+        if value is not None:
+            out[prefix] = value
+
+
+def iteration_record(result: dict[str, Any]) -> dict[str, float]:
+    """The figures of one training result worth keeping, flat (``a/b/c`` keys)."""
+    runners = result.get("env_runners", {})
+    record: dict[str, float] = {"iteration": float(result.get("training_iteration", 0))}
+    for key, source in (
+        ("env_steps", runners.get("num_env_steps_sampled_lifetime")),
+        ("episode_return_mean", runners.get("episode_return_mean")),
+        ("time_this_iter_s", result.get("time_this_iter_s")),
+        ("time_total_s", result.get("time_total_s")),
+        ("optimality_ratio", result.get("optimality_ratio")),
+    ):
+        value = _scalar(source)
+        if value is not None:
+            record[key] = value
+    rollouts = result.get("rollouts", {})
+    reward = _scalar(rollouts.get("reward_mean"))
+    if reward is None:
+        # Algorithms without our grouping (RLlib's PPO): every turn gets the episode's reward.
+        per_agent = [v for v in (runners.get("agent_episode_returns_mean") or {}).values() if _scalar(v) is not None]
+        reward = float(sum(per_agent) / len(per_agent)) if per_agent else None
+    if reward is not None:
+        record["reward_mean"] = reward
+    _flatten("rollouts", {k: v for k, v in rollouts.items() if k != "reward_mean"}, record)
+    _flatten("eval", result.get("eval", {}), record)
+    for module_id, stats in (result.get("learners") or {}).items():
+        if module_id == ALL_MODULES or not isinstance(stats, dict):
+            continue
+        _flatten(f"learners/{module_id}", {k: v for k, v in stats.items() if "throughput" not in k}, record)
+    return record
+
+
+def progress_line(record: dict[str, float]) -> str:
+    parts = [f"iter {int(record['iteration']):4d}"]
+    for key, label, fmt in (
+        ("reward_mean", "reward", "{:.3f}"),
+        ("optimality_ratio", "J/J*", "{:.3f}"),
+        ("success_rate", "success", "{:.3f}"),
+        ("rollouts/turns_mean", "turns", "{:.2f}"),
+        ("rollouts/tokens_per_s", "tok/s", "{:.0f}"),
+        ("env_steps", "steps", "{:.0f}"),
+        ("time_this_iter_s", "s", "{:.2f}"),
+    ):
+        if key in record:
+            parts.append(f"{label} {fmt.format(record[key])}")
+    return " | ".join(parts)
+
+
+def should_stop(record: dict[str, float], result: dict[str, Any], stop: dict[str, Any]) -> bool:
+    """Tune's semantics: stop once any ``key`` reaches its value (``a/b`` nests)."""
+    for key, threshold in stop.items():
+        value = record.get(key)
+        if value is None:
+            node: Any = result
+            for part in key.split("/"):
+                node = node.get(part) if isinstance(node, dict) else None
+            value = _scalar(node)
+        if value is not None and value >= threshold:
+            return True
+    return False
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, sort_keys=False))
+    return path
+
+
+def plot_learning_curve(records: list[dict[str, float]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("reward_mean", "optimality_ratio", "success_rate") if any(k in r for r in records)]
+    panels = panels or ["episode_return_mean"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    x_key = "env_steps" if all("env_steps" in r for r in records) else "iteration"
+    for ax, key in zip(axes[0], panels):
+        points = [(r[x_key], r[key]) for r in records if key in r]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="." if len(points) < 50 else None)
+        ax.set_xlabel("env steps" if x_key == "env_steps" else "iteration")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,171 @@
+"""SeeUPO as an RLlib Algorithm on the bandit: metrics, presets, validation, scale-out,
+checkpoints, Tune by name, and reaching the optimum."""
+
+import numpy as np
+import pytest
+import torch
+
+from envs.bandit import raw_env
+from rllib_seeupo import GRAEReinforceConfig, GRPOConfig, GSPOConfig, RLOOConfig, SHARED_MODULE_ID, SeeUPO, SeeUPOConfig
+from rllib_seeupo.callbacks import BanditOptimality
+
+BANDIT = {"num_turns": 3, "num_actions": 3, "num_contexts": 4, "kind": "needle", "seed": 0}
+
+
+def bandit_config(config_cls=SeeUPOConfig, env_config=BANDIT, **training):
+    training = {"group_size": 4, "tasks_per_iteration": 4, "lr": 0.1, **training}
+    return (
+        config_cls()
+        .environment("seeupo/bandit", env_config=dict(env_config))
+        .training(**training)
+        .callbacks(BanditOptimality)
+        .debugging(seed=0)
+    )
+
+
+def _table(algo):
+    return algo.get_module(SHARED_MODULE_ID).logits.detach().clone()
+
+
+def test_one_iteration_logs_per_turn_metrics_and_changes_the_policy(ray_session):
+    algo = bandit_config(kl_coeff=0.01).build_algo()
+    try:
+        before = _table(algo)
+        result = algo.train()
+        stats = result["learners"][SHARED_MODULE_ID]
+        for k in range(3):
+            turn = stats[f"turn_{k}"]
+            for key in ("policy_loss", "ratio_mean", "clip_fraction", "kl", "entropy", "grad_norm", "rows",
+                        "compound_factor_mean", "compound_factor_min", "compound_factor_max"):
+                assert key in turn, (k, key)
+            assert turn["rows"] == 16  # 4 tasks x 4 rollouts, each with every turn
+            assert turn["grad_norm"] > 0
+        # The last turn is updated first: nothing has changed yet, so M = 1 exactly.
+        assert stats["turn_2"]["compound_factor_min"] == stats["turn_2"]["compound_factor_max"] == 1.0
+        assert result["rollouts"]["num_rollouts"] == 16 and result["rollouts"]["num_groups"] == 4
+        assert 0 <= result["optimality_ratio"] <= 1
+        after = _table(algo)
+        assert not torch.allclose(before, after), "training did not change the policy"
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize(
+    "config_cls, order, norm, ratio",
+    [
+        (GRPOConfig, "parallel", "group_std", "token"),
+        (GSPOConfig, "parallel", "group_std", "sequence"),
+        (RLOOConfig, "parallel", "leave_one_out", "token"),
+        (GRAEReinforceConfig, "parallel", "none", "sequence"),
+    ],
+)
+def test_presets_train_with_their_settings(ray_session, config_cls, order, norm, ratio):
+    config = bandit_config(config_cls)
+    assert (config.update_order, config.advantage_norm, config.ratio_level) == (order, norm, ratio)
+    algo = config.build_algo()
+    try:
+        before = _table(algo)
+        stats = algo.train()["learners"][SHARED_MODULE_ID]
+        assert stats["all_turns"]["rows"] == 48  # one update on every turn's rows
+        assert not torch.allclose(before, _table(algo))
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("update_order", "backwards"),
+        ("advantage_norm", "per_group"),
+        ("ratio_level", "word"),
+        ("compound_ratio", "product"),
+        ("group_size", 1),
+        ("tasks_per_iteration", 0),
+        ("clip_param", -0.1),
+        ("compound_clip", 1.5),
+        ("kl_coeff", -1.0),
+        ("num_epochs_per_turn", 0),
+        ("old_policy", "behaviour"),
+        ("max_turns", 0),
+    ],
+)
+def test_validate_names_the_bad_field(field, value):
+    config = bandit_config(**{field: value})
+    with pytest.raises(ValueError, match=f"SeeUPOConfig.{field}"):
+        config.validate()
+
+
+def test_sample_based_seeupo_reaches_the_optimum_for_three_seeds(ray_session):
+    """DESIGN.md section 3: full-observation needle instances, fixed budget of 60 iterations."""
+    ratios = []
+    for seed in range(3):
+        env_config = {"num_turns": 3, "num_actions": 3, "num_contexts": 1, "kind": "needle", "seed": seed}
+        algo = bandit_config(env_config=env_config, group_size=8, tasks_per_iteration=8, kl_coeff=0.0).debugging(seed=seed).build_algo()
+        try:
+            for _ in range(60):
+                result = algo.train()
+            ratios.append(result["optimality_ratio"])
+        finally:
+            algo.stop()
+    assert min(ratios) >= 0.99, ratios
+
+
+def test_scale_out_remote_env_runners_and_two_ddp_learners(ray_session):
+    config = (
+        bandit_config(group_size=4, tasks_per_iteration=4, kl_coeff=0.0)
+        .env_runners(num_env_runners=2)
+        .learners(num_learners=2)
+    )
+    algo = config.build_algo()
+    try:
+        first = algo.train()
+        for _ in range(4):
+            result = algo.train()
+        stats = result["learners"][SHARED_MODULE_ID]
+        assert {"turn_0", "turn_1", "turn_2"} <= set(stats)
+        assert result["rollouts"]["num_rollouts"] == 16  # 4 tasks x 4, split over 2 runners
+        assert result["rollouts"]["dropped_rollouts"] == 0
+        assert result["optimality_ratio"] > first["optimality_ratio"]
+        # Both learners hold the same weights after DDP updates.
+        weights = algo.learner_group.foreach_learner(
+            lambda learner: learner.module[SHARED_MODULE_ID].unwrapped().logits.detach().numpy().copy()
+        )
+        tables = [w.get() for w in weights]
+        assert len(tables) == 2 and np.allclose(tables[0], tables[1])
+    finally:
+        algo.stop()
+
+
+def test_checkpoint_restores_weights_config_and_counters(ray_session, tmp_path):
+    algo = bandit_config(kl_coeff=0.0).build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()
+        steps = result["env_runners"]["num_env_steps_sampled_lifetime"]
+        algo.save_to_path(str(tmp_path))
+        table = _table(algo)
+    finally:
+        algo.stop()
+    restored = SeeUPO.from_checkpoint(str(tmp_path))
+    try:
+        assert restored.iteration == 2
+        assert torch.allclose(_table(restored), table)
+        assert restored.config.group_size == 4 and restored.config.update_order == "reverse"
+        result = restored.train()
+        assert result["training_iteration"] == 3
+        assert result["env_runners"]["num_env_steps_sampled_lifetime"] > steps
+    finally:
+        restored.stop()
+
+
+def test_tune_runs_seeupo_by_registered_name(ray_session, tmp_path):
+    from ray import tune
+
+    tuner = tune.Tuner(
+        "SeeUPO",
+        param_space=bandit_config(kl_coeff=0.0),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), stop={"training_iteration": 1}, verbose=0),
+    )
+    (result,) = tuner.fit()
+    assert result.error is None
+    assert "turn_0" in result.metrics["learners"][SHARED_MODULE_ID]

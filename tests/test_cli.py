@@ -1,0 +1,73 @@
+"""The YAML loader and the CLI: the summary contract, the plot, Tune grids, clear errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rllib_seeupo.cli import main
+from rllib_seeupo.experiment import build_config, load_experiment, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+BANDIT_YAML = ROOT / "tuned_examples" / "bandit_seeupo.yaml"
+
+
+def test_every_tuned_example_loads_and_validates():
+    files = sorted((ROOT / "tuned_examples").glob("*.yaml"))
+    assert BANDIT_YAML in files
+    for path in files:
+        experiment = load_experiment(path)
+        build_config(experiment).validate()
+
+
+def test_overrides_parse_as_yaml_and_nest():
+    assert parse_override("lr=0.5") == (["config", "lr"], 0.5)
+    assert parse_override("env_config.num_turns=4") == (["config", "env_config", "num_turns"], 4)
+    assert parse_override("stop.training_iteration=3") == (["stop", "training_iteration"], 3)
+    experiment = load_experiment(BANDIT_YAML, ["env_config.num_turns=4", "update_order=forward"])
+    assert experiment.config["env_config"]["num_turns"] == 4
+    assert build_config(experiment).update_order == "forward"
+
+
+def test_unknown_keys_are_errors_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x:\n  env: seeupo/bandit\n  run: SeeUPO\n  config:\n    group_sise: 4\n")
+    with pytest.raises(ValueError, match="group_sise"):
+        build_config(load_experiment(bad))
+    bad.write_text("x:\n  env: seeupo/bandit\n  run: SeeUPO\n  stopp: {}\n")
+    with pytest.raises(ValueError, match="stopp"):
+        load_experiment(bad)
+    assert main(["train", str(bad)]) == 2
+
+
+def test_bad_value_fails_before_ray_starts(capsys):
+    assert main(["train", str(BANDIT_YAML), "--set", "update_order=sideways", "--no-tune"]) == 2
+    assert "SeeUPOConfig.update_order" in capsys.readouterr().err
+
+
+def test_train_no_tune_writes_summary_plot_and_checkpoint(ray_session, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(BANDIT_YAML), "--no-tune", "--stop-iters", "3", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == "SeeUPO" and summary["env"] == "seeupo/bandit"
+    assert [r["iteration"] for r in summary["iterations"]] == [1, 2, 3]
+    assert 0 < summary["final"]["optimality_ratio"] <= 1
+    assert "learners/shared_policy/turn_0/policy_loss" in summary["iterations"][0]
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    assert (out / "checkpoint").is_dir()
+    printed = capsys.readouterr().out
+    assert printed.count("iter ") == 3 and "J/J*" in printed and "summary.json" in printed
+
+
+def test_train_with_tune_grid_search(ray_session, tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        BANDIT_YAML.read_text().replace("    lr: 0.1\n", "    lr:\n      grid_search: [0.05, 0.2]\n")
+    )
+    out = tmp_path / "tune"
+    assert main(["train", str(grid), "--stop-iters", "2", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["trials"]) == 2
+    assert sorted(t["config"]["lr"] for t in summary["trials"]) == [0.05, 0.2]
+    assert summary["best_trial"] in {t["trial_id"] for t in summary["trials"]}
+    assert len(summary["iterations"]) == 2 and summary["checkpoint"]
