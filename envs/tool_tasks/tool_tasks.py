@@ -1,0 +1,286 @@
+"""Procedurally generated multi-turn tool-use tasks on a small inventory (no download).
+
+Each task is drawn from its integer id: a starting inventory and a request that needs one
+to several calls, at one of four difficulty levels:
+
+1. one change: "Add 3 apples."
+2. a question: "How many pears are in stock?" (look up, then answer)
+3. two changes: "Add 3 apples and remove 2 pears."
+4. a conditional: "If there are fewer than 5 kiwis, add 4 kiwis; otherwise remove 2."
+   (look up first, decide in a later turn)
+
+The model answers in BFCL's call syntax, ``[add_item(item="apple", qty=3)]``; results come
+back as the next observation; ``finish(answer=...)`` ends the episode. Reward 1 when the
+final inventory is the target and, for a question, the answer is right; else 0 (minus an
+optional penalty per unparseable turn). Turn k of an episode is agent ``turn_k``.
+Train ids are ``[0, 10**6)``; test ids start at ``10**6``: the two never overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import gymnasium
+import numpy as np
+from pettingzoo import AECEnv
+from pettingzoo.utils import AgentSelector
+
+from envs.text import AnyText, Call, CallSyntaxError, TextObservation, as_text, encode_messages, parse_calls
+
+ITEMS = ("apple", "pear", "banana", "orange", "lemon", "mango", "plum", "kiwi")
+TEST_OFFSET = 10**6
+FUNCTIONS = [
+    {"name": "get_stock", "description": "Number of units of an item in stock.",
+     "parameters": {"item": "string"}},
+    {"name": "add_item", "description": "Add units of an item to the stock.",
+     "parameters": {"item": "string", "qty": "integer"}},
+    {"name": "remove_item", "description": "Remove units of an item from the stock.",
+     "parameters": {"item": "string", "qty": "integer"}},
+    {"name": "finish", "description": "End the task; put the answer to a question in answer.",
+     "parameters": {"answer": "string (optional)"}},
+]
+PARAMETERS = {f["name"]: list(f["parameters"]) for f in FUNCTIONS}
+EXAMPLES = """Example 1
+User: Add 2 plums.
+Assistant: [add_item(item="plum", qty=2)]
+Tool: add_item(item='plum', qty=2) -> plum: 9
+Assistant: [finish()]
+
+Example 2
+User: How many lemons are in stock?
+Assistant: [get_stock(item="lemon")]
+Tool: get_stock(item='lemon') -> 4
+Assistant: [finish(answer="4")]"""
+
+
+def system_prompt() -> str:
+    docs = "\n".join(json.dumps(f, separators=(", ", ": ")) for f in FUNCTIONS)
+    return (
+        "You manage a shop's inventory with these functions:\n"
+        f"{docs}\n"
+        "Reply only with a list of function calls like [func(arg=value)]. Call finish() "
+        "when the request is done.\n\n"
+        f"{EXAMPLES}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    task_id: int
+    level: int
+    request: str
+    inventory: dict[str, int]
+    target: dict[str, int]
+    answer: str | None  # the expected answer of a question, else None
+
+
+def make_task(task_id: int, levels: tuple[int, ...] = (1, 2, 3, 4), level_weights: tuple[float, ...] | None = None) -> Task:
+    """The task with this id (deterministic)."""
+    rng = np.random.default_rng(task_id)
+    level = int(rng.choice(levels, p=None if level_weights is None else np.asarray(level_weights) / np.sum(level_weights)))
+    names = [str(x) for x in rng.choice(ITEMS, size=4, replace=False)]
+    inventory = {name: int(rng.integers(2, 10)) for name in names}
+    target = dict(inventory)
+    a, b = names[0], names[1]
+    q1, q2 = int(rng.integers(1, 6)), int(rng.integers(1, 3))
+    answer = None
+    if level == 1:
+        if rng.random() < 0.5:
+            request, target[a] = f"Add {q1} {a}s.", inventory[a] + q1
+        else:
+            request, target[a] = f"Remove {q2} {a}s.", inventory[a] - q2
+    elif level == 2:
+        request, answer = f"How many {a}s are in stock?", str(inventory[a])
+    elif level == 3:
+        request = f"Add {q1} {a}s and remove {q2} {b}s."
+        target[a], target[b] = inventory[a] + q1, inventory[b] - q2
+    else:
+        threshold = int(rng.integers(3, 9))
+        request = f"If there are fewer than {threshold} {a}s, add {q1} {a}s; otherwise remove {q2} {a}s."
+        target[a] = inventory[a] + q1 if inventory[a] < threshold else inventory[a] - q2
+    return Task(task_id, level, request, inventory, target, answer)
+
+
+class raw_env(AECEnv):
+    """PettingZoo AEC env: agent ``turn_k`` writes the k-th assistant message.
+
+    Observations are the chat so far (a JSON list of ``{"role", "content"}``), actions the
+    model's text. ``reset(options={"task_id": i})`` pins the task. ``infos[agent]`` holds
+    ``task_id``, ``level`` and, once the episode is over, ``success``, ``parse_errors``,
+    ``num_turns``.
+    """
+
+    metadata = {"name": "seeupo_tool_tasks_v0", "render_modes": ["ansi"], "is_parallelizable": False}
+
+    def __init__(
+        self,
+        max_turns: int = 4,
+        levels: tuple[int, ...] | list[int] = (1, 2, 3, 4),
+        level_weights: tuple[float, ...] | list[float] | None = None,
+        parse_error_penalty: float = 0.0,
+        num_test_tasks: int = 200,
+        max_action_chars: int = 4000,
+        render_mode: str | None = None,
+    ):
+        super().__init__()
+        if max_turns < 1:
+            raise ValueError(f"tool_tasks max_turns must be >= 1, got {max_turns}")
+        if not set(levels) <= {1, 2, 3, 4}:
+            raise ValueError(f"tool_tasks levels must be within 1..4, got {levels}")
+        self.max_turns = max_turns
+        self.levels = tuple(levels)
+        self.level_weights = None if level_weights is None else tuple(level_weights)
+        self.parse_error_penalty = parse_error_penalty
+        self.num_test_tasks = num_test_tasks
+        self.render_mode = render_mode
+        self.possible_agents = [f"turn_{k}" for k in range(max_turns)]
+        self._action_space = AnyText(max_action_chars)
+        # The chat grows by one action and one tool reply per turn.
+        self._observation_space = AnyText(10_000 + 2 * max_turns * max_action_chars)
+        self._rng = np.random.default_rng()
+
+    def observation_space(self, agent: str) -> gymnasium.spaces.Space:
+        return self._observation_space
+
+    def action_space(self, agent: str) -> gymnasium.spaces.Space:
+        return self._action_space
+
+    def task_ids(self, split: str = "train"):
+        if split == "train":
+            return range(0, TEST_OFFSET)
+        if split == "test":
+            return range(TEST_OFFSET, TEST_OFFSET + self.num_test_tasks)
+        raise ValueError(f"tool_tasks has splits 'train' and 'test', got {split!r}")
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        task_id = (options or {}).get("task_id")
+        if task_id is None:
+            task_id = int(self._rng.integers(TEST_OFFSET))
+        self.task = make_task(int(task_id), self.levels, self.level_weights)
+        self.inventory = dict(self.task.inventory)
+        self.messages = [
+            {"role": "system", "content": system_prompt()},
+            {"role": "user", "content": self.task.request},
+        ]
+        self.answer: str | None = None
+        self.parse_errors = 0
+        self.agents = list(self.possible_agents)
+        self.rewards = {a: 0.0 for a in self.agents}
+        self._cumulative_rewards = {a: 0.0 for a in self.agents}
+        self.terminations = {a: False for a in self.agents}
+        self.truncations = {a: False for a in self.agents}
+        self.infos = {a: {"task_id": self.task.task_id, "level": self.task.level} for a in self.agents}
+        self._agent_selector = AgentSelector(self.agents)
+        self.agent_selection = self._agent_selector.reset()
+
+    def observe(self, agent: str) -> TextObservation:
+        return TextObservation(encode_messages(self.messages))
+
+    def _execute(self, call: Call) -> str:
+        params = PARAMETERS[call.name]
+        if len(call.args) > len(params):
+            raise CallSyntaxError(f"{call.name} takes at most {len(params)} arguments")
+        kwargs = dict(zip(params, call.args)) | call.kwargs
+        unknown = set(kwargs) - set(params)
+        if unknown:
+            return f"Error: {call.name} has no parameter {sorted(unknown)[0]!r}"
+        if call.name == "finish":
+            self.answer = str(kwargs.get("answer", "")).strip()
+            return "done"
+        item = kwargs.get("item")
+        if item not in self.inventory:
+            return f"Error: unknown item {item!r}; items: {', '.join(sorted(self.inventory))}"
+        if call.name == "get_stock":
+            return str(self.inventory[item])
+        qty = kwargs.get("qty")
+        if not isinstance(qty, int) or isinstance(qty, bool) or qty < 1:
+            return f"Error: qty must be a positive integer, got {qty!r}"
+        if call.name == "remove_item" and qty > self.inventory[item]:
+            return f"Error: only {self.inventory[item]} {item} in stock"
+        self.inventory[item] += qty if call.name == "add_item" else -qty
+        return f"{item}: {self.inventory[item]}"
+
+    def step(self, action: str | None) -> None:
+        agent = self.agent_selection
+        if self.terminations[agent] or self.truncations[agent]:
+            self._was_dead_step(action)
+            return
+        text = as_text(action)[: self._action_space.max_length]
+        self.messages.append({"role": "assistant", "content": text})
+        penalty = 0.0
+        try:
+            results = [f"{call} -> {self._execute(call)}" for call in parse_calls(text, set(PARAMETERS))]
+            feedback = "\n".join(results) if results else "Error: empty call list"
+        except CallSyntaxError as error:
+            self.parse_errors += 1
+            penalty = self.parse_error_penalty
+            feedback = f"Error: {error}"
+        self.messages.append({"role": "tool", "content": feedback})
+        self._cumulative_rewards[agent] = 0.0
+        self.rewards = {a: 0.0 for a in self.agents}
+        turn = self.possible_agents.index(agent)
+        if self.answer is not None or turn == self.max_turns - 1:
+            self._finish(turn, penalty)
+        else:
+            self.rewards[agent] = -penalty
+            self.agent_selection = self._agent_selector.next()
+        self._accumulate_rewards()
+
+    def _finish(self, last_turn: int, penalty: float) -> None:
+        success = self.inventory == self.task.target and (
+            self.task.answer is None or (self.answer or "").strip().rstrip(".") == self.task.answer
+        )
+        reward = float(success) - penalty
+        # Turns that never acted leave the episode without an observation or a reward.
+        acted = self.possible_agents[: last_turn + 1]
+        for agent in self.possible_agents[last_turn + 1 :]:
+            for d in (self.rewards, self._cumulative_rewards, self.terminations, self.truncations, self.infos):
+                d.pop(agent, None)
+        self.agents = acted
+        summary = {"success": float(success), "parse_errors": self.parse_errors, "num_turns": last_turn + 1}
+        for agent in acted:
+            self.rewards[agent] = reward
+            self.terminations[agent] = True
+            self.infos[agent].update(summary)
+        self.agent_selection = acted[0]
+
+    def render(self) -> str | None:
+        if self.render_mode == "ansi":
+            return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages[1:])
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def oracle_response(task: Task, messages: list[dict[str, str]]) -> str:
+    """A scripted policy that solves every task (used by tests and as a reference)."""
+    turn = sum(m["role"] == "assistant" for m in messages)
+    a = next(iter(task.inventory))
+    if task.level in (1, 3):
+        if turn == 0:
+            calls = []
+            for item in task.inventory:
+                delta = task.target[item] - task.inventory[item]
+                if delta > 0:
+                    calls.append(f'add_item(item="{item}", qty={delta})')
+                elif delta < 0:
+                    calls.append(f'remove_item(item="{item}", qty={-delta})')
+            return "[" + ", ".join(calls) + "]"
+        return "[finish()]"
+    if turn == 0:
+        return f'[get_stock(item="{a}")]'
+    if task.level == 2:
+        return f'[finish(answer="{messages[-1]["content"].rsplit("-> ", 1)[-1]}")]'
+    if turn == 1:
+        delta = task.target[a] - task.inventory[a]
+        return f'[add_item(item="{a}", qty={delta})]' if delta > 0 else f'[remove_item(item="{a}", qty={-delta})]'
+    return "[finish()]"
+
+
+def env(**config: Any) -> raw_env:
+    return raw_env(**config)
