@@ -121,16 +121,23 @@ class SeeUPO(Algorithm):
             present = {k for r in rollouts for k in r.turns}
             schedule = objectives.update_schedule(config.update_order, present, rng)
             carry_m = config.compound_ratio == CompoundRatio.STEPWISE and config.update_order != UpdateOrder.PARALLEL
+            # With one full-batch step per turn on a local learner, pi_old (the current weights)
+            # is exactly what the update's own forward pass computes: no separate recompute.
+            single_step = (
+                config.num_epochs_per_turn == 1 and config.minibatch_size is None and self.learner_group.is_local
+            )
             compound = {r.episode_id: 1.0 for r in rollouts}
             for position, turns in enumerate(schedule):
                 rows = [(i, k) for k in turns for i, r in enumerate(rollouts) if k in r.turns]
                 columns = self._module_class.collate_turn_rows([rollouts[i].turns[k] for i, k in rows])
                 before = None
-                if config.old_policy == "current" or carry_m:
+                if not single_step and (config.old_policy == "current" or carry_m):
                     before = self._response_logp(columns)
+                old = columns[BEHAVIOUR_LOGP] if config.old_policy == "rollout" else before
+                if old is not None:
+                    columns[OLD_LOGP] = old
                 index = np.array([i for i, _ in rows])
                 m = np.array([compound[rollouts[i].episode_id] for i in index], dtype=np.float32)
-                columns[OLD_LOGP] = before if config.old_policy == "current" else columns[BEHAVIOUR_LOGP]
                 columns[ADVANTAGES] = advantages[index]
                 columns[COMPOUND_FACTOR] = m
                 columns[TURN] = np.array([k for _, k in rows], dtype=np.int64)
@@ -153,6 +160,8 @@ class SeeUPO(Algorithm):
                     key=(LEARNER_RESULTS, SHARED_MODULE_ID, key), window=1,
                 )
                 if carry_m and position + 1 < len(schedule):
+                    if before is None:
+                        before = self._learner_call(lambda learner: learner.pre_step_response_logp())
                     after = self._response_logp(columns)
                     log_rho = objectives.sequence_log_ratio(
                         torch.tensor(after), torch.tensor(before), torch.tensor(columns[RESPONSE_MASK])
@@ -232,12 +241,11 @@ class SeeUPO(Algorithm):
         )
         return kept, advantages.numpy()
 
-    def _response_logp(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        """``(B, L)`` log-probs of the rows' responses under the learner's current weights
-        (all learners hold the same weights, so one of them computes it)."""
+    def _learner_call(self, func):
+        """``func(learner)`` on one learner (all hold the same weights)."""
         ids = None if self.learner_group.is_local else self.learner_group._worker_manager.healthy_actor_ids()[:1]
-        results = self.learner_group.foreach_learner(
-            lambda learner: learner.compute_response_logp(SHARED_MODULE_ID, columns),
-            remote_actor_ids=ids,
-        )
-        return next(iter(results)).get()
+        return next(iter(self.learner_group.foreach_learner(func, remote_actor_ids=ids))).get()
+
+    def _response_logp(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """``(B, L)`` log-probs of the rows' responses under the learner's current weights."""
+        return self._learner_call(lambda learner: learner.compute_response_logp(SHARED_MODULE_ID, columns))

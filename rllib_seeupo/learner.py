@@ -42,9 +42,13 @@ class SeeUPOTorchLearner(TorchLearner):
         if config.kl_coeff:
             with torch.no_grad():
                 ref_logp = module.response_logp(batch, reference=True)
+        logp = fwd_out[RESPONSE_LOGP]
+        # Kept for the algorithm: with a single full-batch step this *is* log pi_old.
+        self._pre_step_logp = logp.detach()
         loss, stats = objectives.policy_loss(
-            logp=fwd_out[RESPONSE_LOGP],
-            old_logp=batch[OLD_LOGP],
+            logp=logp,
+            # Without the column, pi_old is the weights this forward pass ran with.
+            old_logp=batch[OLD_LOGP] if OLD_LOGP in batch else logp.detach(),
             mask=batch[RESPONSE_MASK],
             advantages=batch[ADVANTAGES],
             compound_factor=batch[COMPOUND_FACTOR],
@@ -71,6 +75,10 @@ class SeeUPOTorchLearner(TorchLearner):
             for module_id in loss_per_module:
                 self.metrics.log_value((module_id, self._turn_key, "grad_norm"), grad_norm, window=1)
         return grads
+
+    def pre_step_response_logp(self) -> np.ndarray:
+        """``(B, L)`` log-probs from the last update's forward pass (before its step)."""
+        return self._pre_step_logp.float().cpu().numpy()
 
     @torch.no_grad()
     def compute_response_logp(self, module_id: ModuleID, columns: dict[str, np.ndarray]) -> np.ndarray:

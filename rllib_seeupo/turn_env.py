@@ -15,8 +15,11 @@ from ray.rllib.env.wrappers.pettingzoo_env import PettingZooEnv
 from ray.tune.registry import register_env
 
 SHARED_MODULE_ID = "shared_policy"
+# The action a policy returns for a turn whose prompt no longer fits its context window:
+# the episode then ends as truncated (never cut in the middle of a message).
+PROMPT_TOO_LONG = "\x00<prompt-too-long>"
 # Env packages under `envs/` registered as `seeupo/<name>`.
-ENV_PACKAGES = ("bandit",)
+ENV_PACKAGES = ("bandit", "tool_tasks")
 
 
 def shared_module_mapping(agent_id: str, episode: Any = None, **kwargs) -> str:
@@ -35,21 +38,56 @@ def turn_index(agent_id: str) -> int:
 class TurnAgentEnv(PettingZooEnv):
     """An AEC env whose agents ``turn_0..turn_{T-1}`` are the turns of an episode.
 
-    ``task_queue`` (a deque, shared by the sub-envs of one env runner) supplies the task
-    of each new episode; when it is empty the env draws its own task.
+    Adds to ``PettingZooEnv``:
+    - ``task_queue``: a deque (shared by the sub-envs of one env runner) of the tasks of the
+      next episodes. Once a queue is set and empty, a reset *parks* the sub-env: it has no
+      agent to act and never ends, so a vectorised runner generates nothing for it.
+    - the reset infos (with ``task_id``).
+    - a failing env step, or a ``PROMPT_TOO_LONG`` action, ends that episode as truncated
+      (the error goes into the infos) instead of ending the run.
     """
 
     def __init__(self, aec_env):
         super().__init__(aec_env)
         self.task_queue: collections.deque | None = None
+        self._parked = False
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         options = dict(options or {})
-        if "task_id" not in options and self.task_queue:
+        if "task_id" not in options and self.task_queue is not None:
+            if not self.task_queue:
+                self._parked = True
+                return {}, {}
             options["task_id"] = self.task_queue.popleft()
+        self._parked = False
         self.env.reset(seed=seed, options=options)
         agent = self.env.agent_selection
         return {agent: self.env.observe(agent)}, {agent: dict(self.env.infos.get(agent, {}))}
+
+    def step(self, action):
+        if self._parked:
+            return {}, {}, {"__all__": False}, {"__all__": False}, {}
+        acting = self.env.agent_selection
+        if isinstance(action.get(acting), str) and action[acting] == PROMPT_TOO_LONG:
+            return self._truncate({"prompt_too_long": True})
+        try:
+            return super().step(action)
+        except Exception as error:  # a broken step ends this episode, not the run
+            return self._truncate({"env_error": f"{type(error).__name__}: {error}"})
+
+    def _truncate(self, info: dict):
+        agents = list(self.env.agents)
+        obs, rewards, infos = {}, {}, {}
+        for agent in agents:
+            try:
+                obs[agent] = self.env.observe(agent)
+            except Exception:
+                obs[agent] = self.observation_spaces[agent].sample()
+            rewards[agent] = 0.0
+            infos[agent] = {**dict(self.env.infos.get(agent, {})), **info}
+        terminated = {a: False for a in agents} | {"__all__": False}
+        truncated = {a: True for a in agents} | {"__all__": True}
+        return obs, rewards, terminated, truncated, infos
 
     def task_ids(self, split: str = "train"):
         """The env's task ids for ``split`` (a sequence; may be a ``range``)."""

@@ -169,3 +169,21 @@ def test_tune_runs_seeupo_by_registered_name(ray_session, tmp_path):
     (result,) = tuner.fit()
     assert result.error is None
     assert "turn_0" in result.metrics["learners"][SHARED_MODULE_ID]
+
+
+def test_single_step_fast_path_equals_explicit_old_policy_recompute(ray_session):
+    """With one full-batch step per turn, pi_old is taken from the update's own forward
+    pass instead of a separate recompute; both paths must give the same update."""
+    tables, factors = [], []
+    for minibatch_size in (None, 16):  # 16 = all rows of a turn: same step, recompute path
+        torch.manual_seed(0)
+        algo = bandit_config(kl_coeff=0.0, minibatch_size=minibatch_size).build_algo()
+        try:
+            result = algo.train()
+            tables.append(_table(algo))
+            factors.append(result["learners"][SHARED_MODULE_ID]["turn_0"]["compound_factor_mean"])
+        finally:
+            algo.stop()
+    assert factors[0] != 1.0
+    assert abs(factors[0] - factors[1]) < 1e-6
+    assert torch.allclose(tables[0], tables[1], atol=1e-6)

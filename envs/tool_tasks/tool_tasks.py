@@ -31,39 +31,29 @@ from envs.text import AnyText, Call, CallSyntaxError, TextObservation, as_text, 
 
 ITEMS = ("apple", "pear", "banana", "orange", "lemon", "mango", "plum", "kiwi")
 TEST_OFFSET = 10**6
-FUNCTIONS = [
-    {"name": "get_stock", "description": "Number of units of an item in stock.",
-     "parameters": {"item": "string"}},
-    {"name": "add_item", "description": "Add units of an item to the stock.",
-     "parameters": {"item": "string", "qty": "integer"}},
-    {"name": "remove_item", "description": "Remove units of an item from the stock.",
-     "parameters": {"item": "string", "qty": "integer"}},
-    {"name": "finish", "description": "End the task; put the answer to a question in answer.",
-     "parameters": {"answer": "string (optional)"}},
-]
-PARAMETERS = {f["name"]: list(f["parameters"]) for f in FUNCTIONS}
-EXAMPLES = """Example 1
-User: Add 2 plums.
+# name -> (parameters, description): the function docs shown to the model.
+FUNCTIONS = {
+    "get_stock": (("item",), "units of an item in stock"),
+    "add_item": (("item", "qty"), "add qty units of an item"),
+    "remove_item": (("item", "qty"), "remove qty units of an item"),
+    "finish": (("answer",), "end the task; answer a question in answer"),
+}
+PARAMETERS = {name: list(params) for name, (params, _) in FUNCTIONS.items()}
+EXAMPLES = """User: Add 2 plums.
 Assistant: [add_item(item="plum", qty=2)]
-Tool: add_item(item='plum', qty=2) -> plum: 9
+Tool: plum: 9
 Assistant: [finish()]
-
-Example 2
 User: How many lemons are in stock?
 Assistant: [get_stock(item="lemon")]
-Tool: get_stock(item='lemon') -> 4
+Tool: 4
 Assistant: [finish(answer="4")]"""
 
 
 def system_prompt() -> str:
-    docs = "\n".join(json.dumps(f, separators=(", ", ": ")) for f in FUNCTIONS)
-    return (
-        "You manage a shop's inventory with these functions:\n"
-        f"{docs}\n"
-        "Reply only with a list of function calls like [func(arg=value)]. Call finish() "
-        "when the request is done.\n\n"
-        f"{EXAMPLES}"
-    )
+    """Compact docs and two worked examples: short prompts keep CPU rollouts cheap, and a
+    small model needs the examples to answer in call syntax at all."""
+    docs = "\n".join(f"{name}({', '.join(params)}): {text}" for name, (params, text) in FUNCTIONS.items())
+    return f"Functions:\n{docs}\nReply with a call list like [f(a=1)]; call finish() when done.\n{EXAMPLES}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +203,7 @@ class raw_env(AECEnv):
         self.messages.append({"role": "assistant", "content": text})
         penalty = 0.0
         try:
-            results = [f"{call} -> {self._execute(call)}" for call in parse_calls(text, set(PARAMETERS))]
+            results = [self._execute(call) for call in parse_calls(text, set(PARAMETERS))]
             feedback = "\n".join(results) if results else "Error: empty call list"
         except CallSyntaxError as error:
             self.parse_errors += 1
@@ -275,7 +265,7 @@ def oracle_response(task: Task, messages: list[dict[str, str]]) -> str:
     if turn == 0:
         return f'[get_stock(item="{a}")]'
     if task.level == 2:
-        return f'[finish(answer="{messages[-1]["content"].rsplit("-> ", 1)[-1]}")]'
+        return f'[finish(answer="{messages[-1]["content"].strip()}")]'
     if turn == 1:
         delta = task.target[a] - task.inventory[a]
         return f'[add_item(item="{a}", qty={delta})]' if delta > 0 else f'[remove_item(item="{a}", qty={-delta})]'

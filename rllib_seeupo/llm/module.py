@@ -1,0 +1,294 @@
+"""``LLMRLModule``: one causal LM serving every ``turn_k`` agent, token-in/token-out.
+
+Exploration generates a batch of responses (one per live episode) and records, per turn,
+the prompt ids exactly as fed, the sampled response ids and their per-token log-probs;
+training recomputes log-probs of exactly those ids. The policy is ``softmax(logits / T)``
+with T the sampling temperature, in both places, so recorded and recomputed log-probs
+agree (``top_p < 1`` samples from a truncated distribution and breaks that equality).
+
+``model_config``:
+    model: a packaged alias (``smollm2-135m-instruct``), a local folder or a hub id.
+    dtype: ``float32`` (default) or ``bfloat16``.
+    lora: ``{rank, alpha, dropout, target_modules}`` for a LoRA adapter (peft); None trains
+        every weight. With LoRA the KL reference is the same model with the adapter
+        disabled; without it, a frozen copy of the initial weights.
+    max_prompt_tokens, max_new_tokens, temperature, top_p: generation.
+    response_prefix: text pre-filled at the start of every assistant turn (e.g. ``[`` so a
+        small model answers with a call list); it is part of the prompt ids and of the action.
+    stop_strings: generation of a response stops once it contains one of these.
+    logprob_chunk_rows: rows per chunk of the vocabulary-wide log-softmax.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+from envs.text import decode_messages
+from rllib_seeupo.llm.models import resolve_model
+from rllib_seeupo.turn_env import PROMPT_TOO_LONG
+from rllib_seeupo.modules.api import (
+    BEHAVIOUR_LOGP,
+    RESPONSE_ENTROPY,
+    RESPONSE_LOGP,
+    RESPONSE_MASK,
+    TurnPolicyAPI,
+)
+
+PROMPT_IDS = "prompt_ids"  # (B, P) left-padded
+PROMPT_MASK = "prompt_mask"  # (B, P)
+RESPONSE_IDS = "response_ids"  # (B, L) right-padded
+
+DEFAULTS = {
+    "model": "smollm2-135m-instruct",
+    "dtype": "float32",
+    "lora": None,
+    "max_prompt_tokens": 2048,
+    "max_new_tokens": 64,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "response_prefix": "",
+    "stop_strings": [],
+    "logprob_chunk_rows": 8,
+}
+
+
+class LLMRLModule(TorchRLModule, TurnPolicyAPI):
+    """A transformers causal LM as a turn policy (see the module docstring)."""
+
+    def setup(self):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        unknown = set(self.model_config) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"LLMRLModule: unknown model_config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        self.settings = {**DEFAULTS, **self.model_config}
+        path = resolve_model(self.settings["model"])
+        dtype = getattr(torch, self.settings["dtype"])
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        lora = self.settings["lora"]
+        self._reference = None
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=int(lora.get("rank", 8)),
+                    lora_alpha=float(lora.get("alpha", 16)),
+                    lora_dropout=float(lora.get("dropout", 0.0)),
+                    target_modules=lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"]),
+                    init_lora_weights=lora.get("init", True),
+                ),
+            )
+        elif not self.inference_only:
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+            object.__setattr__(self, "_reference", reference)  # not a submodule: no state, no optimizer
+        self.model = model
+        self._prefix_ids = self.tokenizer(self.settings["response_prefix"], add_special_tokens=False)["input_ids"]
+
+    # -- rollouts -----------------------------------------------------------------------
+
+    def encode_prompt(self, observation: Any) -> list[int]:
+        """Prompt ids for one observation (a chat), with the response prefix pre-filled."""
+        messages = decode_messages(observation)
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids) + list(self._prefix_ids)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], *, sample: bool) -> list[dict[str, Any]]:
+        """One response per prompt, generated as a single batch.
+
+        Returns per prompt: ``response_ids`` (L,), ``response_logp`` (L,) under
+        ``softmax(logits / T)``, and ``text`` (the response prefix plus the decoded response).
+        """
+        s = self.settings
+        if not prompts:
+            return []
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            attention[i, width - len(p) :] = 1
+        kwargs = {"do_sample": True, "temperature": s["temperature"], "top_p": s["top_p"], "top_k": 0} if sample else {"do_sample": False}
+        if s["stop_strings"]:
+            kwargs.update(stop_strings=list(s["stop_strings"]), tokenizer=self.tokenizer)
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=s["max_new_tokens"],
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=pad,
+            **kwargs,
+        )
+        generated = out.sequences[:, width:].cpu()
+        logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, L, V) raw logits
+        logp_all = torch.log_softmax(logits / s["temperature"], dim=-1)
+        token_logp = logp_all.gather(-1, generated[..., None]).squeeze(-1)
+        results = []
+        for i in range(len(prompts)):
+            ids = generated[i].tolist()
+            length = self._response_length(ids)
+            response = ids[:length]
+            text = self.tokenizer.decode(response, skip_special_tokens=True)
+            results.append(
+                {
+                    "response_ids": np.asarray(response, dtype=np.int64),
+                    "response_logp": token_logp[i, :length].numpy().astype(np.float32),
+                    "text": s["response_prefix"] + text,
+                }
+            )
+        return results
+
+    def _response_length(self, ids: list[int]) -> int:
+        """Tokens up to and including the first eos or the token completing a stop string
+        (after that, generate only pads)."""
+        eos = self.tokenizer.eos_token_id
+        length = ids.index(eos) + 1 if eos in ids else len(ids)
+        stops = self.settings["stop_strings"]
+        if stops:
+            text = self.tokenizer.decode(ids[:length])
+            if any(stop in text for stop in stops):
+                prefixes = self.tokenizer.batch_decode([ids[: j + 1] for j in range(length)])
+                for j, prefix in enumerate(prefixes):
+                    if any(stop in prefix for stop in stops):
+                        return j + 1
+        return length
+
+    def _act(self, batch: dict[str, Any], *, sample: bool) -> dict[str, Any]:
+        observations = list(batch[Columns.OBS])
+        prompts = [self.encode_prompt(o) for o in observations]
+        fits = [len(p) <= self.settings["max_prompt_tokens"] for p in prompts]
+        generated = iter(self.generate([p for p, ok in zip(prompts, fits) if ok], sample=sample))
+        actions, logps, prompt_ids, response_ids, response_logp = [], [], [], [], []
+        for prompt, ok in zip(prompts, fits):
+            g = next(generated) if ok else {
+                "response_ids": np.zeros(0, np.int64), "response_logp": np.zeros(0, np.float32), "text": PROMPT_TOO_LONG,
+            }
+            actions.append(g["text"])
+            logps.append(float(g["response_logp"].sum()))
+            prompt_ids.append(np.asarray(prompt, dtype=np.int64))
+            response_ids.append(g["response_ids"])
+            response_logp.append(g["response_logp"])
+        return {
+            Columns.ACTIONS: _object_array(actions),
+            Columns.ACTION_LOGP: np.asarray(logps, dtype=np.float32),
+            PROMPT_IDS: _object_array(prompt_ids),
+            RESPONSE_IDS: _object_array(response_ids),
+            BEHAVIOUR_LOGP: _object_array(response_logp),
+        }
+
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return self._act(batch, sample=True)
+
+    def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return self._act(batch, sample=False)
+
+    # -- training -----------------------------------------------------------------------
+
+    @classmethod
+    def collate_turn_rows(cls, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """Left-pad prompts and right-pad responses so every response starts at column P."""
+        B = len(rows)
+        P = max(len(r[PROMPT_IDS]) for r in rows)
+        L = max(1, max(len(r[RESPONSE_IDS]) for r in rows))
+        prompt_ids = np.zeros((B, P), np.int64)
+        prompt_mask = np.zeros((B, P), bool)
+        response_ids = np.zeros((B, L), np.int64)
+        response_mask = np.zeros((B, L), bool)
+        behaviour = np.zeros((B, L), np.float32)
+        for i, r in enumerate(rows):
+            p, y = np.asarray(r[PROMPT_IDS]), np.asarray(r[RESPONSE_IDS])
+            prompt_ids[i, P - len(p) :] = p
+            prompt_mask[i, P - len(p) :] = True
+            response_ids[i, : len(y)] = y
+            response_mask[i, : len(y)] = True
+            behaviour[i, : len(y)] = np.asarray(r[BEHAVIOUR_LOGP])
+        return {
+            PROMPT_IDS: prompt_ids,
+            PROMPT_MASK: prompt_mask,
+            RESPONSE_IDS: response_ids,
+            RESPONSE_MASK: response_mask,
+            BEHAVIOUR_LOGP: behaviour,
+        }
+
+    def _response_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, L, V)`` next-token logits at the response positions (the only ones kept)."""
+        prompt, response = batch[PROMPT_IDS].long(), batch[RESPONSE_IDS].long()
+        attention = torch.cat([batch[PROMPT_MASK], batch[RESPONSE_MASK]], dim=1).long()
+        # As in generate(): positions count real tokens only, so left padding changes nothing.
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        L = response.shape[1]
+        out = model(
+            input_ids=torch.cat([prompt, response], dim=1),
+            attention_mask=attention,
+            position_ids=positions,
+            logits_to_keep=L + 1,
+        )
+        return out.logits[:, :L]
+
+    def _token_logp(self, model, batch: dict[str, torch.Tensor], with_entropy: bool):
+        logits = self._response_logits(model, batch)
+        temperature = self.settings["temperature"]
+        targets = batch[RESPONSE_IDS].long()
+        logps, entropies = [], []
+        step = self.settings["logprob_chunk_rows"]
+        # Chunked so that at most `step` rows of vocabulary-wide log-softmax exist at once.
+        for start in range(0, logits.shape[0], step):
+            chunk = torch.log_softmax(logits[start : start + step].float() / temperature, dim=-1)
+            logps.append(chunk.gather(-1, targets[start : start + step, :, None]).squeeze(-1))
+            if with_entropy:
+                entropies.append(-(chunk.exp() * chunk).sum(-1))
+        return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        logp, entropy = self._token_logp(self.model, batch, with_entropy=True)
+        return {RESPONSE_LOGP: logp, RESPONSE_ENTROPY: entropy.detach()}
+
+    def response_logp(self, batch: dict[str, torch.Tensor], *, reference: bool = False) -> torch.Tensor:
+        if not reference:
+            return self._token_logp(self.model, batch, with_entropy=False)[0]
+        if self.settings["lora"]:
+            with self.model.disable_adapter():
+                return self._token_logp(self.model, batch, with_entropy=False)[0]
+        device = next(self.model.parameters()).device
+        self._reference.to(device)
+        return self._token_logp(self._reference, batch, with_entropy=False)[0]
+
+    # -- state: with LoRA only the adapter travels (weight sync, checkpoints) -----------
+
+    def get_state(self, *args, inference_only: bool = False, **kwargs):
+        state = super().get_state(*args, inference_only=inference_only, **kwargs)
+        if self.settings["lora"]:
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            state = {k: v for k, v in state.items() if k in trainable}
+        return state
+
+    def set_state(self, state):
+        from ray.rllib.utils.torch_utils import convert_to_torch_tensor
+
+        missing, unexpected = self.load_state_dict(convert_to_torch_tensor(state), strict=False)
+        if unexpected:
+            raise ValueError(f"LLMRLModule.set_state: unexpected keys {unexpected[:5]}")
+
+
+def _object_array(items: list) -> np.ndarray:
+    array = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        array[i] = item
+    return array
