@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Hashable
 
 import numpy as np
@@ -41,6 +42,8 @@ class Rollout:
     task_id: Hashable
     reward: float
     turns: dict[int, dict[str, Any]]  # turn index -> that turn's obs, action, model outputs
+    info: dict[str, Any]  # the env's final infos (e.g. success, parse_errors)
+    truncated: bool
 
 
 def _turn_envs(env_runner) -> list[TurnAgentEnv]:
@@ -77,7 +80,7 @@ def _sample_scheduled(env_runner, schedules: dict[int, list]):
 
 
 def _to_rollout(episode) -> Rollout | None:
-    turns, returns, task_id = {}, [], None
+    turns, returns, task_id, info = {}, [], None, {}
     for agent_id, agent_episode in episode.agent_episodes.items():
         if len(agent_episode) == 0:
             continue
@@ -91,10 +94,31 @@ def _to_rollout(episode) -> Rollout | None:
         turns[k] = row
         returns.append(float(np.sum(agent_episode.get_rewards())))
         task_id = agent_episode.get_infos(0).get("task_id", task_id)
+        info.update(agent_episode.get_infos(-1))
     if not turns:
         return None
     # Every turn shares the rollout's reward; the mean keeps a per-turn penalty counted once.
-    return Rollout(episode.id_, task_id, float(np.mean(returns)), turns)
+    return Rollout(episode.id_, task_id, float(np.mean(returns)), turns, info, bool(episode.is_truncated))
+
+
+def _rollout_stats(rollouts: list[Rollout]) -> dict[str, float]:
+    """Per-iteration figures of the sampled episodes (reward, success, turns, tokens)."""
+    if not rollouts:
+        return {"num_rollouts": 0}
+    stats = {
+        "num_rollouts": len(rollouts),
+        "reward_mean": float(np.mean([r.reward for r in rollouts])),
+        "turns_mean": float(np.mean([len(r.turns) for r in rollouts])),
+        "truncated_rate": float(np.mean([r.truncated for r in rollouts])),
+    }
+    if any("success" in r.info for r in rollouts):
+        stats["success_rate"] = float(np.mean([float(r.info.get("success", 0.0)) for r in rollouts]))
+    if any("parse_errors" in r.info for r in rollouts):
+        stats["parse_error_rate"] = sum(r.info.get("parse_errors", 0) for r in rollouts) / sum(len(r.turns) for r in rollouts)
+    tokens = [len(t["response_ids"]) for r in rollouts for t in r.turns.values() if "response_ids" in t]
+    if tokens:
+        stats["response_tokens"] = float(sum(tokens))
+    return stats
 
 
 class SeeUPO(Algorithm):
@@ -109,10 +133,15 @@ class SeeUPO(Algorithm):
         rng = np.random.default_rng([config.seed or 0, self.iteration])
 
         # 1. Sample: each of B tasks rolled out n times.
+        start = time.perf_counter()
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             episodes, runner_metrics = self._sample_task_groups(rng)
             self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
+        sampling_s = time.perf_counter() - start
         rollouts, advantages = self._group_advantages(episodes)
+        tokens = self.metrics.peek((ROLLOUTS, "response_tokens"), default=0.0)
+        if tokens:
+            self.metrics.log_value((ROLLOUTS, "tokens_per_s"), tokens / sampling_s, window=1)
         if not rollouts:
             return
 
@@ -220,17 +249,10 @@ class SeeUPO(Algorithm):
             groups[repr(r.task_id)] += 1
         kept = [r for r in rollouts if groups[repr(r.task_id)] >= 2]
         group_of = {key: g for g, key in enumerate(k for k, n in groups.items() if n >= 2)}
-        rewards = np.array([r.reward for r in rollouts], dtype=np.float64)
-        self.metrics.log_dict(
-            {
-                "reward_mean": float(rewards.mean()) if len(rewards) else float("nan"),
-                "num_rollouts": len(rollouts),
-                "num_groups": len(group_of),
-                "dropped_rollouts": len(rollouts) - len(kept),
-            },
-            key=ROLLOUTS,
-            window=1,
-        )
+        self.metrics.log_dict(_rollout_stats(rollouts) | {
+            "num_groups": len(group_of),
+            "dropped_rollouts": len(rollouts) - len(kept),
+        }, key=ROLLOUTS, window=1)
         if not kept:
             return [], np.zeros(0, dtype=np.float32)
         advantages = objectives.group_relative_advantages(

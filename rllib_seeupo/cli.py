@@ -41,6 +41,31 @@ def _final(records: list[dict[str, float]]) -> dict[str, float]:
     return final
 
 
+def evaluate_algorithm(algo, experiment: Experiment, label: str) -> dict[str, Any]:
+    """Greedy held-out evaluation of the algorithm's current policy (``evaluation:`` key)."""
+    from rllib_seeupo.evaluation import evaluate, module_policy
+    from rllib_seeupo.turn_env import SHARED_MODULE_ID, make_turn_env
+
+    spec = experiment.evaluation
+    name = experiment.env.split("/", 1)[-1]
+    env_config = dict(algo.config.env_config)
+    task_ids = list(make_turn_env(name, env_config).task_ids(spec.get("split", "test")))[: int(spec.get("num_tasks", 100))]
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or time.time() - last[0] > 30:
+            last[0] = time.time()
+            print(f"   eval {label}: {done}/{total} episodes", flush=True)
+
+    result = evaluate(
+        module_policy(algo.get_module(SHARED_MODULE_ID)), name, env_config, task_ids,
+        k=int(spec.get("k", 1)), batch_size=int(spec.get("batch_size", 64)), progress=progress,
+    )
+    print(f"   eval {label}: success {result['success_rate']:.3f} on {result['num_episodes']} episodes "
+          f"({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
 def train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     """Build the algorithm here, train until ``stop``, checkpoint, summarise."""
     import torch
@@ -54,7 +79,10 @@ def train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     records: list[dict[str, float]] = []
     start = time.time()
     checkpoint = out_dir / "checkpoint"
+    evaluations = {}
     try:
+        if experiment.evaluation:
+            evaluations["before"] = evaluate_algorithm(algo, experiment, "before training")
         while True:
             result = algo.train()
             record = iteration_record(result)
@@ -65,11 +93,17 @@ def train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
             if should_stop(record, result, experiment.stop) or not experiment.stop:
                 break
         algo.save_to_path(checkpoint.resolve())
+        if experiment.evaluation:
+            evaluations["after"] = evaluate_algorithm(algo, experiment, "after training")
     finally:
         algo.stop()
+    final = _final(records)
+    for when, result in evaluations.items():
+        final[f"eval_success_{when}"] = result["success_rate"]
     return {
         "iterations": records,
-        "final": _final(records),
+        "final": final,
+        "evaluation": evaluations,
         "wall_time_s": time.time() - start,
         "checkpoint": str(checkpoint),
     }

@@ -28,7 +28,9 @@ from typing import Any
 import yaml
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-TOP_LEVEL_KEYS = {"env", "run", "stop", "config", "checkpoint_freq", "num_samples", "metric", "mode"}
+TOP_LEVEL_KEYS = {"env", "run", "stop", "config", "checkpoint_freq", "num_samples", "metric", "mode", "evaluation"}
+# `evaluation`: held-out success before and after training (in-process runs).
+EVALUATION_KEYS = {"split", "num_tasks", "k", "batch_size"}
 SPECIAL_CONFIG_KEYS = {"module_class", "model_config", "callbacks"}
 
 
@@ -45,6 +47,7 @@ class Experiment:
     num_samples: int = 1
     metric: str = "rollouts/reward_mean"
     mode: str = "max"
+    evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def has_search_space(self) -> bool:
         return _has_search(self.config) or self.num_samples > 1
@@ -95,6 +98,9 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     unknown = set(spec) - TOP_LEVEL_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)} in experiment {name!r}; allowed: {sorted(TOP_LEVEL_KEYS)}")
+    unknown = set(spec.get("evaluation") or {}) - EVALUATION_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown evaluation key(s) {sorted(unknown)}; allowed: {sorted(EVALUATION_KEYS)}")
     for required in ("env", "run"):
         if required not in spec:
             raise ValueError(f"{path}: experiment {name!r} needs a {required!r} key")
@@ -108,6 +114,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         num_samples=int(spec.get("num_samples", 1)),
         metric=spec.get("metric", "rollouts/reward_mean"),
         mode=spec.get("mode", "max"),
+        evaluation=dict(spec.get("evaluation") or {}),
     )
 
 

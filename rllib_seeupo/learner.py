@@ -29,6 +29,12 @@ class SeeUPOTorchLearner(TorchLearner):
     """Runs ``num_epochs_per_turn`` passes of the clipped, M-weighted surrogate on the
     rows of the turn(s) in the batch. The algorithm decides the order of the turns."""
 
+    def build(self, **kwargs) -> None:
+        super().build(**kwargs)
+        for module_id in self.module.keys():
+            # Modules that compute entropy only as a statistic skip its backward graph.
+            self.module[module_id].unwrapped().entropy_grad = bool(self.config.entropy_coeff)
+
     def compute_loss_for_module(
         self,
         *,

@@ -64,7 +64,7 @@ def progress_line(record: dict[str, float]) -> str:
     for key, label, fmt in (
         ("reward_mean", "reward", "{:.3f}"),
         ("optimality_ratio", "J/J*", "{:.3f}"),
-        ("success_rate", "success", "{:.3f}"),
+        ("rollouts/success_rate", "success", "{:.3f}"),
         ("rollouts/turns_mean", "turns", "{:.2f}"),
         ("rollouts/tokens_per_s", "tok/s", "{:.0f}"),
         ("env_steps", "steps", "{:.0f}"),
@@ -102,7 +102,7 @@ def plot_learning_curve(records: list[dict[str, float]], path: Path, title: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("reward_mean", "optimality_ratio", "success_rate") if any(k in r for r in records)]
+    panels = [k for k in ("reward_mean", "optimality_ratio", "rollouts/success_rate") if any(k in r for r in records)]
     panels = panels or ["episode_return_mean"]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     x_key = "env_steps" if all("env_steps" in r for r in records) else "iteration"

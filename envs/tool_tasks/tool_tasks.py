@@ -11,8 +11,8 @@ to several calls, at one of four difficulty levels:
 
 The model answers in BFCL's call syntax, ``[add_item(item="apple", qty=3)]``; results come
 back as the next observation; ``finish(answer=...)`` ends the episode. Reward 1 when the
-final inventory is the target and, for a question, the answer is right; else 0 (minus an
-optional penalty per unparseable turn). Turn k of an episode is agent ``turn_k``.
+final inventory is the target and, for a question, the answer is right; else 0; minus an
+optional penalty per unparseable turn. Every turn receives it when the episode ends. Turn k of an episode is agent ``turn_k``.
 Train ids are ``[0, 10**6)``; test ids start at ``10**6``: the two never overlap.
 """
 
@@ -201,30 +201,28 @@ class raw_env(AECEnv):
             return
         text = as_text(action)[: self._action_space.max_length]
         self.messages.append({"role": "assistant", "content": text})
-        penalty = 0.0
         try:
             results = [self._execute(call) for call in parse_calls(text, set(PARAMETERS))]
             feedback = "\n".join(results) if results else "Error: empty call list"
         except CallSyntaxError as error:
             self.parse_errors += 1
-            penalty = self.parse_error_penalty
             feedback = f"Error: {error}"
         self.messages.append({"role": "tool", "content": feedback})
         self._cumulative_rewards[agent] = 0.0
         self.rewards = {a: 0.0 for a in self.agents}
         turn = self.possible_agents.index(agent)
         if self.answer is not None or turn == self.max_turns - 1:
-            self._finish(turn, penalty)
+            self._finish(turn)
         else:
-            self.rewards[agent] = -penalty
             self.agent_selection = self._agent_selector.next()
         self._accumulate_rewards()
 
-    def _finish(self, last_turn: int, penalty: float) -> None:
+    def _finish(self, last_turn: int) -> None:
         success = self.inventory == self.task.target and (
             self.task.answer is None or (self.answer or "").strip().rstrip(".") == self.task.answer
         )
-        reward = float(success) - penalty
+        # One team reward at the end, shared by every turn (penalties included).
+        reward = float(success) - self.parse_error_penalty * self.parse_errors
         # Turns that never acted leave the episode without an observation or a reward.
         acted = self.possible_agents[: last_turn + 1]
         for agent in self.possible_agents[last_turn + 1 :]:

@@ -242,6 +242,9 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
         )
         return out.logits[:, :L]
 
+    # Set by the learner when the loss has an entropy term; otherwise entropy is a statistic.
+    entropy_grad = False
+
     def _token_logp(self, model, batch: dict[str, torch.Tensor], with_entropy: bool):
         logits = self._response_logits(model, batch)
         temperature = self.settings["temperature"]
@@ -253,12 +256,13 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
             chunk = torch.log_softmax(logits[start : start + step].float() / temperature, dim=-1)
             logps.append(chunk.gather(-1, targets[start : start + step, :, None]).squeeze(-1))
             if with_entropy:
-                entropies.append(-(chunk.exp() * chunk).sum(-1))
+                with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):
+                    entropies.append(-(chunk.exp() * chunk).sum(-1))
         return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         logp, entropy = self._token_logp(self.model, batch, with_entropy=True)
-        return {RESPONSE_LOGP: logp, RESPONSE_ENTROPY: entropy.detach()}
+        return {RESPONSE_LOGP: logp, RESPONSE_ENTROPY: entropy}
 
     def response_logp(self, batch: dict[str, torch.Tensor], *, reference: bool = False) -> torch.Tensor:
         if not reference:

@@ -1,0 +1,138 @@
+"""The LLM path on a tiny random model: token-in/token-out log-probs, one SeeUPO iteration
+end to end, which parameters train, checkpoints, and truncation of over-long prompts."""
+
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from envs.text import AnyText
+from envs.tool_tasks import env as tool_env
+from rllib_seeupo import SHARED_MODULE_ID, SeeUPO, SeeUPOConfig
+from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule
+from rllib_seeupo.llm.tiny import build_tiny_model
+from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
+from rllib_seeupo.turn_env import make_turn_env
+
+GENERATION = {"max_new_tokens": 12, "response_prefix": "[", "stop_strings": ["]"], "temperature": 1.0}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def _module(path, **config):
+    return LLMRLModule(observation_space=AnyText(10**6), action_space=AnyText(4000), model_config={"model": path, **GENERATION, **config})
+
+
+def _observations(n):
+    e = tool_env()
+    out = []
+    for task in range(n):
+        e.reset(options={"task_id": task})
+        out.append(e.observe("turn_0"))
+    return out
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 4, "init": False}])
+def test_recorded_logp_equals_recomputed_logp(tiny_model, lora):
+    module = _module(tiny_model, lora=lora)
+    torch.manual_seed(0)
+    out = module._forward_exploration({"obs": np.array(_observations(6), dtype=object)})
+    rows = [{PROMPT_IDS: out[PROMPT_IDS][i], RESPONSE_IDS: out[RESPONSE_IDS][i], BEHAVIOUR_LOGP: out[BEHAVIOUR_LOGP][i]} for i in range(6)]
+    batch = {k: torch.as_tensor(v) for k, v in LLMRLModule.collate_turn_rows(rows).items()}
+    assert len({len(r) for r in out[RESPONSE_IDS]}) > 1, "want responses of different lengths"
+    recomputed = module.response_logp(batch)
+    mask = batch[RESPONSE_MASK]
+    assert torch.where(mask, (recomputed - batch[BEHAVIOUR_LOGP]).abs(), 0).max() < 1e-4
+    # The action is the response prefix plus exactly the decoded sampled ids.
+    for i, text in enumerate(out["actions"]):
+        assert text == "[" + module.tokenizer.decode(out[RESPONSE_IDS][i], skip_special_tokens=True)
+
+
+def _llm_config(path, **model_config):
+    return (
+        SeeUPOConfig()
+        .environment("seeupo/tool_tasks", env_config={"max_turns": 3})
+        .env_runners(num_envs_per_env_runner=4)
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=LLMRLModule), model_config={"model": path, **GENERATION, **model_config})
+        .training(group_size=2, tasks_per_iteration=2, lr=1e-2, kl_coeff=0.01, entropy_coeff=0.01)
+        .debugging(seed=0)
+    )
+
+
+def _learner_params(algo):
+    module = algo.learner_group._learner.module[SHARED_MODULE_ID]
+    return {n: p.detach().clone() for n, p in module.named_parameters()}, {n for n, p in module.named_parameters() if p.requires_grad}
+
+
+def test_one_seeupo_iteration_with_lora_trains_only_the_adapter(ray_session, tiny_model, tmp_path):
+    algo = _llm_config(tiny_model, lora={"rank": 4, "init": False}).build_algo()
+    try:
+        before, trainable = _learner_params(algo)
+        result = algo.train()
+        after, _ = _learner_params(algo)
+        assert trainable and all("lora_" in n for n in trainable)
+        for name in before:
+            changed = not torch.equal(before[name], after[name])
+            assert changed == (name in trainable), name
+        stats = result["learners"][SHARED_MODULE_ID]
+        turns = [k for k in stats if k.startswith("turn_")]
+        assert turns and all(stats[k]["rows"] > 0 for k in turns)
+        assert result["rollouts"]["num_rollouts"] == 4 and result["rollouts"]["tokens_per_s"] > 0
+        # The env runner got the new adapter weights.
+        runner = algo.get_module(SHARED_MODULE_ID)
+        for name, p in runner.named_parameters():
+            if name in trainable:
+                assert torch.allclose(p, after[name])
+        # A checkpoint holds the adapter only and restores it.
+        algo.save_to_path(str(tmp_path))
+    finally:
+        algo.stop()
+    restored = SeeUPO.from_checkpoint(str(tmp_path))
+    try:
+        again, _ = _learner_params(restored)
+        for name in trainable:
+            assert torch.allclose(again[name], after[name])
+        assert restored.train()["training_iteration"] == 2
+    finally:
+        restored.stop()
+
+
+def test_full_finetuning_changes_weights_and_keeps_the_initial_reference(ray_session, tiny_model):
+    algo = _llm_config(tiny_model, lora=None).build_algo()
+    try:
+        before, trainable = _learner_params(algo)
+        algo.train()
+        after, _ = _learner_params(algo)
+        assert trainable == set(before)
+        assert any(not torch.equal(before[n], after[n]) for n in trainable)
+        module = algo.learner_group._learner.module[SHARED_MODULE_ID]
+        for name, p in module._reference.named_parameters():
+            assert torch.equal(p, before[f"model.{name}"])
+    finally:
+        algo.stop()
+
+
+def test_prompt_too_long_ends_the_episode_as_truncated(ray_session, tiny_model):
+    algo = _llm_config(tiny_model, max_prompt_tokens=10).build_algo()
+    try:
+        result = algo.train()
+        assert result["rollouts"]["truncated_rate"] == 1.0
+        assert result["rollouts"]["reward_mean"] == 0.0
+    finally:
+        algo.stop()
+
+
+def test_a_failing_env_step_ends_only_that_episode():
+    env = make_turn_env("tool_tasks", {"max_turns": 3})
+    obs, infos = env.reset(options={"task_id": 1})
+
+    def broken(action):
+        raise RuntimeError("backend died")
+
+    env.env.step = broken
+    obs, rewards, terminated, truncated, infos = env.step({"turn_0": "[finish()]"})
+    assert truncated["__all__"] and not terminated["__all__"]
+    assert "backend died" in infos["turn_0"]["env_error"]

@@ -1,0 +1,105 @@
+"""The embedded tool-use env: PettingZoo API, oracle, safety, splits, malformed output."""
+
+import os
+
+import numpy as np
+import pytest
+from pettingzoo.test import api_test
+
+from envs.text import CallSyntaxError, decode_messages, parse_calls
+from envs.tool_tasks import env, make_task, oracle_response
+from envs.tool_tasks.tool_tasks import TEST_OFFSET
+
+
+def test_pettingzoo_api():
+    api_test(env(), num_cycles=10)
+
+
+def _play(e, policy, task_id):
+    e.reset(options={"task_id": task_id})
+    final = None
+    for agent in e.agent_iter():
+        obs, reward, terminated, truncated, info = e.last()
+        if terminated or truncated:
+            final = final or (reward, info)
+            e.step(None)
+            continue
+        e.step(policy(e, decode_messages(obs)))
+    return final
+
+
+def test_scripted_oracle_solves_every_task_of_both_splits():
+    e = env(max_turns=4)
+    ids = list(range(300)) + list(range(TEST_OFFSET, TEST_OFFSET + 100))
+    results = [_play(e, lambda e, m: oracle_response(e.task, m), t) for t in ids]
+    assert all(r == 1.0 and info["success"] == 1.0 for r, info in results)
+    assert {make_task(t).level for t in ids} == {1, 2, 3, 4}
+
+
+def test_splits_are_disjoint_and_deterministic():
+    e = env(num_test_tasks=50)
+    train, test = e.task_ids("train"), e.task_ids("test")
+    assert len(test) == 50 and max(train) < min(test)
+    assert make_task(7) == make_task(7)
+    with pytest.raises(ValueError):
+        e.task_ids("validation")
+
+
+def test_wrong_or_missing_answers_fail():
+    e = env(max_turns=2)
+    reward, info = _play(e, lambda e, m: "[finish()]", 0)
+    assert reward == 0.0 and info["num_turns"] == 1
+    level2 = next(t for t in range(100) if make_task(t).level == 2)
+    reward, _ = _play(e, lambda e, m: '[finish(answer="999")]', level2)
+    assert reward == 0.0
+
+
+def test_malformed_output_is_an_observation_with_optional_penalty():
+    e = env(max_turns=2, parse_error_penalty=0.1)
+    reward, info = _play(e, lambda e, m: "I think you should add apples", 0)
+    assert reward == pytest.approx(-0.2) and info["parse_errors"] == 2
+    e.reset(options={"task_id": 0})
+    e.step("no calls here")
+    assert e.messages[-1]["role"] == "tool" and e.messages[-1]["content"].startswith("Error")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[open('pwned.txt', 'w')]",
+        "[__import__('os').system('touch pwned.txt')]",
+        "[get_stock(item=__import__('os').system('touch pwned.txt'))]",
+        "[get_stock(item=[x for x in ().__class__.__base__.__subclasses__()])]",
+        "[add_item(**{'item': 'apple', 'qty': 1})]",
+        "[eval('1+1')]",
+        "[get_stock(item=open('pwned.txt', 'w'))]",
+        "[lambda: 0]",
+        "[get_stock.__globals__]",
+    ],
+)
+def test_code_in_model_output_is_never_executed(tmp_path, monkeypatch, text):
+    monkeypatch.chdir(tmp_path)
+    e = env()
+    e.reset(options={"task_id": 0})
+    before = dict(e.inventory)
+    e.step(text)
+    assert e.messages[-1]["content"].startswith("Error")
+    assert e.inventory == before
+    assert not os.path.exists(tmp_path / "pwned.txt")
+
+
+def test_call_parser_keeps_positional_arguments_and_ignores_trailing_prose():
+    calls = parse_calls('Sure: [get_stock("apple"), add_item(item="pear", qty=2)] and then ] more [', {"get_stock", "add_item"})
+    assert [(c.name, c.args, c.kwargs) for c in calls] == [("get_stock", ("apple",), {}), ("add_item", (), {"item": "pear", "qty": 2})]
+    with pytest.raises(CallSyntaxError):
+        parse_calls("[add_item(item='a', qty=1)", {"add_item"})
+
+
+def test_random_text_actions_never_raise():
+    e = env()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        e.reset(options={"task_id": int(rng.integers(1000))})
+        for agent in e.agent_iter():
+            _, _, terminated, truncated, _ = e.last()
+            e.step(None if terminated or truncated else e.action_space(agent).sample())
