@@ -72,7 +72,7 @@ def train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
 
     # The algorithm runs in this process next to Ray's workers: one intra-op thread
     # avoids oversubscribing the cores (several times faster on small machines).
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.set_num_threads(experiment.torch_threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
     _init_ray()
     config = build_config(experiment)
     algo = config.build_algo()

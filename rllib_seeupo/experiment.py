@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-TOP_LEVEL_KEYS = {"env", "run", "stop", "config", "checkpoint_freq", "num_samples", "metric", "mode", "evaluation"}
+TOP_LEVEL_KEYS = {"env", "run", "stop", "config", "checkpoint_freq", "num_samples", "metric", "mode", "evaluation", "torch_threads"}
 # `evaluation`: held-out success before and after training (in-process runs).
 EVALUATION_KEYS = {"split", "num_tasks", "k", "batch_size"}
 SPECIAL_CONFIG_KEYS = {"module_class", "model_config", "callbacks"}
@@ -48,6 +48,9 @@ class Experiment:
     metric: str = "rollouts/reward_mean"
     mode: str = "max"
     evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Intra-op threads of the process that runs the algorithm in-process (--no-tune): 1 suits
+    # small models next to Ray workers; an LLM with everything in-process wants every core.
+    torch_threads: int | None = None
 
     def has_search_space(self) -> bool:
         return _has_search(self.config) or self.num_samples > 1
@@ -115,6 +118,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         metric=spec.get("metric", "rollouts/reward_mean"),
         mode=spec.get("mode", "max"),
         evaluation=dict(spec.get("evaluation") or {}),
+        torch_threads=spec.get("torch_threads"),
     )
 
 

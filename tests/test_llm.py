@@ -136,3 +136,30 @@ def test_a_failing_env_step_ends_only_that_episode():
     obs, rewards, terminated, truncated, infos = env.step({"turn_0": "[finish()]"})
     assert truncated["__all__"] and not terminated["__all__"]
     assert "backend died" in infos["turn_0"]["env_error"]
+
+
+def test_shared_prompt_head_is_exact_for_logp_and_gradients(tiny_model):
+    """Encoding the common head of a batch's prompts once changes no number."""
+    e = tool_env()
+    observations = []
+    for task in range(6):
+        e.reset(options={"task_id": task})
+        if task % 2:
+            e.step('[get_stock(item="apple")]')  # prompts of different lengths and turns
+        observations.append(e.observe(e.agent_selection))
+    module = _module(tiny_model, lora={"rank": 4, "init": False})
+    torch.manual_seed(0)
+    out = module._forward_exploration({"obs": np.array(observations, dtype=object)})
+    rows = [{PROMPT_IDS: out[PROMPT_IDS][i], RESPONSE_IDS: out[RESPONSE_IDS][i], BEHAVIOUR_LOGP: out[BEHAVIOUR_LOGP][i]} for i in range(6)]
+    batch = {k: torch.as_tensor(v) for k, v in LLMRLModule.collate_turn_rows(rows).items()}
+    logps, grads = {}, {}
+    for share in (True, False):
+        module.settings["share_prompt_prefix"] = share
+        module.model.zero_grad()
+        logps[share] = module.response_logp(batch)
+        torch.where(batch[RESPONSE_MASK], logps[share], 0).sum().backward()
+        grads[share] = torch.cat([p.grad.flatten() for p in module.model.parameters() if p.grad is not None])
+    mask = batch[RESPONSE_MASK]
+    assert torch.where(mask, (logps[True] - logps[False]).abs(), 0).max() < 1e-5
+    assert torch.where(mask, (logps[True] - batch[BEHAVIOUR_LOGP]).abs(), 0).max() < 1e-4
+    assert ((grads[True] - grads[False]).norm() / grads[False].norm()) < 1e-4

@@ -16,6 +16,7 @@ agree (``top_p < 1`` samples from a truncated distribution and breaks that equal
     response_prefix: text pre-filled at the start of every assistant turn (e.g. ``[`` so a
         small model answers with a call list); it is part of the prompt ids and of the action.
     stop_strings: generation of a response stops once it contains one of these.
+    share_prompt_prefix: encode the head that all prompts of a batch share once (default).
     logprob_chunk_rows: rows per chunk of the vocabulary-wide log-softmax.
 """
 
@@ -55,6 +56,7 @@ DEFAULTS = {
     "response_prefix": "",
     "stop_strings": [],
     "logprob_chunk_rows": 8,
+    "share_prompt_prefix": True,
 }
 
 
@@ -117,16 +119,33 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
         if not prompts:
             return []
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
+        # Prompts of one batch usually share a long head (system prompt, instructions):
+        # encode it once and let every row attend to that one cache.
+        shared = _common_prefix_length(prompts) if self.settings["share_prompt_prefix"] else 0
+        if shared < 16:
+            shared = 0
+        cache = None
+        if shared:
+            cache = self.model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(prompts))
+        rest = [p[shared:] for p in prompts]
+        rest_width = max(len(r) for r in rest)
+        width = shared + rest_width
+        # Layout per row: [shared head | left padding | rest of the prompt]; positions count
+        # real tokens only, so every row sees exactly its own prompt.
         input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p) :] = torch.tensor(p)
-            attention[i, width - len(p) :] = 1
+        for i, (p, r) in enumerate(zip(prompts, rest)):
+            input_ids[i, :shared] = torch.tensor(p[:shared], dtype=torch.long)
+            attention[i, :shared] = 1
+            input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            attention[i, width - len(r) :] = 1
         kwargs = {"do_sample": True, "temperature": s["temperature"], "top_p": s["top_p"], "top_k": 0} if sample else {"do_sample": False}
         if s["stop_strings"]:
             kwargs.update(stop_strings=list(s["stop_strings"]), tokenizer=self.tokenizer)
+        if cache is not None:
+            kwargs["past_key_values"] = cache
         out = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
@@ -228,16 +247,41 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
         }
 
     def _response_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(B, L, V)`` next-token logits at the response positions (the only ones kept)."""
-        prompt, response = batch[PROMPT_IDS].long(), batch[RESPONSE_IDS].long()
-        attention = torch.cat([batch[PROMPT_MASK], batch[RESPONSE_MASK]], dim=1).long()
-        # As in generate(): positions count real tokens only, so left padding changes nothing.
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        L = response.shape[1]
+        """``(B, L, V)`` next-token logits at the response positions (the only ones kept).
+
+        The head that every prompt shares is run once (batch 1) and its cache repeated for
+        all rows; gradients flow back through the repeat, so this is exact, not a shortcut.
+        """
+        prompt, prompt_mask = batch[PROMPT_IDS].long(), batch[PROMPT_MASK].bool()
+        response, response_mask = batch[RESPONSE_IDS].long(), batch[RESPONSE_MASK].bool()
+        B, L = response.shape
+        shared, cache = 0, None
+        if self.settings["share_prompt_prefix"] and B > 1:
+            rows = [prompt[i][prompt_mask[i]].tolist() for i in range(B)]
+            shared = _common_prefix_length(rows)
+            if shared >= 16:
+                head = torch.tensor([rows[0][:shared]], device=prompt.device)
+                cache = model(input_ids=head, use_cache=True).past_key_values
+                cache.batch_repeat_interleave(B)
+                # Re-pack each prompt's remainder, left-padded, after the shared head.
+                width = max(len(r) for r in rows) - shared
+                rest = torch.full((B, width), int(prompt[0, -1]), dtype=torch.long, device=prompt.device)
+                rest_mask = torch.zeros((B, width), dtype=torch.bool, device=prompt.device)
+                for i, r in enumerate(rows):
+                    rest[i, width - (len(r) - shared) :] = torch.tensor(r[shared:], device=prompt.device)
+                    rest_mask[i, width - (len(r) - shared) :] = True
+                prompt, prompt_mask = rest, rest_mask
+            else:
+                shared = 0
+        head_mask = torch.ones((B, shared), dtype=torch.long, device=prompt.device)
+        attention = torch.cat([head_mask, prompt_mask.long(), response_mask.long()], dim=1)
+        # As in generate(): positions count real tokens only, so padding changes nothing.
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         out = model(
             input_ids=torch.cat([prompt, response], dim=1),
             attention_mask=attention,
             position_ids=positions,
+            past_key_values=cache,
             logits_to_keep=L + 1,
         )
         return out.logits[:, :L]
@@ -289,6 +333,16 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
         missing, unexpected = self.load_state_dict(convert_to_torch_tensor(state), strict=False)
         if unexpected:
             raise ValueError(f"LLMRLModule.set_state: unexpected keys {unexpected[:5]}")
+
+
+def _common_prefix_length(sequences: list[list[int]]) -> int:
+    """Length of the longest common head, leaving every sequence at least one own token."""
+    limit = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in sequences[1:]):
+        n += 1
+    return max(n, 0)
 
 
 def _object_array(items: list) -> np.ndarray:
