@@ -11,7 +11,7 @@ EXTRAS ?= dev,llm
 export OMP_NUM_THREADS ?= 1
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup train test test-all clean
+.PHONY: setup train train-bandit test test-all clean
 
 setup: $(VENV)/.installed
 
@@ -24,7 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: setup
-	$(PY) -m rllib_seeupo train tuned_examples/bandit_seeupo.yaml --no-tune --output-dir results/main
+	$(PY) -m rllib_seeupo train tuned_examples/tool_tasks_seeupo_smollm2.yaml --no-tune --output-dir results/main
+
+train-bandit: setup
+	$(PY) -m rllib_seeupo train tuned_examples/bandit_seeupo.yaml --no-tune --output-dir results/bandit
 
 test: setup
 	$(PY) -m pytest -q

@@ -70,9 +70,18 @@ def train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     """Build the algorithm here, train until ``stop``, checkpoint, summarise."""
     import torch
 
-    # The algorithm runs in this process next to Ray's workers: one intra-op thread
-    # avoids oversubscribing the cores (several times faster on small machines).
+    # The algorithm runs in this process next to Ray's workers: by default one intra-op
+    # thread (OMP_NUM_THREADS) avoids oversubscribing the cores; `torch_threads` in the
+    # YAML overrides it for jobs (an LLM) whose work all happens here.
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(experiment.torch_threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        return _train_in_process(experiment, out_dir)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     _init_ray()
     config = build_config(experiment)
     algo = config.build_algo()

@@ -71,3 +71,21 @@ def test_train_with_tune_grid_search(ray_session, tmp_path):
     assert sorted(t["config"]["lr"] for t in summary["trials"]) == [0.05, 0.2]
     assert summary["best_trial"] in {t["trial_id"] for t in summary["trials"]}
     assert len(summary["iterations"]) == 2 and summary["checkpoint"]
+
+
+def test_llm_run_reports_held_out_success_before_and_after(ray_session, tiny_model, tmp_path):
+    main_job = (ROOT / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml").read_text()
+    assert "evaluation:" in main_job
+    out = tmp_path / "llm"
+    args = [
+        "train", str(ROOT / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml"), "--no-tune", "--stop-iters", "1",
+        "--output-dir", str(out), "--set", f"model_config.model={tiny_model}", "--set", "model_config.lora.rank=2",
+        "--set", "evaluation.num_tasks=4", "--set", "group_size=2", "--set", "tasks_per_iteration=2",
+        "--set", "num_envs_per_env_runner=4", "--set", "model_config.max_new_tokens=8",
+    ]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    final = summary["final"]
+    assert 0.0 <= final["eval_success_before"] <= 1.0 and 0.0 <= final["eval_success_after"] <= 1.0
+    assert summary["evaluation"]["before"]["num_episodes"] == 4
+    assert "rollouts/success_rate" in summary["iterations"][0]

@@ -10,16 +10,10 @@ from envs.text import AnyText
 from envs.tool_tasks import env as tool_env
 from rllib_seeupo import SHARED_MODULE_ID, SeeUPO, SeeUPOConfig
 from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule
-from rllib_seeupo.llm.tiny import build_tiny_model
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.turn_env import make_turn_env
 
 GENERATION = {"max_new_tokens": 12, "response_prefix": "[", "stop_strings": ["]"], "temperature": 1.0}
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
 def _module(path, **config):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 # Packaged models: alias -> (PyPI package holding the file, GGUF file name).
@@ -50,8 +51,11 @@ def resolve_model(name_or_path: str) -> str:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    # Written aside, then renamed: an interrupted conversion never looks complete.
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(folder) if not folder.exists() else None
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.replace(folder)
     return str(folder)
