@@ -201,7 +201,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         **run,
     }
     write_summary(out_dir, summary)
-    plot = plot_learning_curve(summary["iterations"], out_dir / "learning_curve.png", f"{experiment.run} on {experiment.env}")
+    plot = plot_learning_curve(
+        summary["iterations"], out_dir / "learning_curve.png", f"{experiment.run} on {experiment.env}",
+        summary.get("evaluation"),
+    )
     print_summary(summary, out_dir, plot)
     return 0
 
@@ -225,7 +228,7 @@ def print_summary(summary: dict[str, Any], out_dir: Path, plot: Path) -> None:
 def cmd_plot(args: argparse.Namespace) -> int:
     summary = json.loads(Path(args.summary).read_text())
     out = Path(args.output or Path(args.summary).with_name("learning_curve.png"))
-    plot_learning_curve(summary["iterations"], out, f"{summary['algorithm']} on {summary['env']}")
+    plot_learning_curve(summary["iterations"], out, f"{summary['algorithm']} on {summary['env']}", summary.get("evaluation"))
     print(out)
     return 0
 

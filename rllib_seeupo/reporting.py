@@ -96,7 +96,11 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-def plot_learning_curve(records: list[dict[str, float]], path: Path, title: str) -> Path:
+def plot_learning_curve(
+    records: list[dict[str, float]], path: Path, title: str, evaluation: dict[str, dict] | None = None
+) -> Path:
+    """One panel per headline metric over env steps; held-out success before/after training
+    (``evaluation``) is drawn on the success panel as two marked points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,6 +115,13 @@ def plot_learning_curve(records: list[dict[str, float]], path: Path, title: str)
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="." if len(points) < 50 else None)
+        if key == "rollouts/success_rate" and evaluation and points:
+            ends = {"before": min(xs), "after": max(xs)}
+            for when in ("before", "after"):
+                if when in evaluation:
+                    ax.plot([ends[when]], [evaluation[when]["success_rate"]], "s", color="C3",
+                            label="held-out (greedy)" if when == "before" else None)
+            ax.legend(loc="best", fontsize=8)
         ax.set_xlabel("env steps" if x_key == "env_steps" else "iteration")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
