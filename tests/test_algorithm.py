@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from envs.bandit import raw_env
 from rllib_seeupo import GRAEReinforceConfig, GRPOConfig, GSPOConfig, RLOOConfig, SHARED_MODULE_ID, SeeUPO, SeeUPOConfig
 from rllib_seeupo.callbacks import BanditOptimality
 

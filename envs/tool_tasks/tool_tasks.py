@@ -19,7 +19,6 @@ Train ids are ``[0, 10**6)``; test ids start at ``10**6``: the two never overlap
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import gymnasium
