@@ -45,6 +45,7 @@ PROMPT_IDS = "prompt_ids"  # (B, P) left-padded
 PROMPT_MASK = "prompt_mask"  # (B, P)
 RESPONSE_IDS = "response_ids"  # (B, L) right-padded
 
+MIN_SHARED_HEAD = 16  # tokens; a shorter common head is not worth a separate pass
 DEFAULTS = {
     "model": "smollm2-135m-instruct",
     "dtype": "float32",
@@ -120,27 +121,15 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
             return []
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
-        # Prompts of one batch usually share a long head (system prompt, instructions):
-        # encode it once and let every row attend to that one cache.
-        shared = _common_prefix_length(prompts) if self.settings["share_prompt_prefix"] else 0
-        if shared < 16:
-            shared = 0
-        cache = None
-        if shared:
-            cache = self.model(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True).past_key_values
-            cache.batch_repeat_interleave(len(prompts))
-        rest = [p[shared:] for p in prompts]
-        rest_width = max(len(r) for r in rest)
-        width = shared + rest_width
         # Layout per row: [shared head | left padding | rest of the prompt]; positions count
         # real tokens only, so every row sees exactly its own prompt.
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, (p, r) in enumerate(zip(prompts, rest)):
-            input_ids[i, :shared] = torch.tensor(p[:shared], dtype=torch.long)
-            attention[i, :shared] = 1
-            input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            attention[i, width - len(r) :] = 1
+        shared, rest = self._split_shared_head(prompts)
+        cache = self._head_cache(self.model, prompts[0][:shared], len(prompts), device) if shared else None
+        rest_ids, rest_mask = _left_pad(rest, pad)
+        width = shared + rest_ids.shape[1]
+        head = torch.tensor([prompts[0][:shared]], dtype=torch.long).expand(len(prompts), shared)
+        input_ids = torch.cat([head, rest_ids], dim=1)
+        attention = torch.cat([torch.ones_like(head), rest_mask.long()], dim=1)
         kwargs = {"do_sample": True, "temperature": s["temperature"], "top_p": s["top_p"], "top_k": 0} if sample else {"do_sample": False}
         if s["stop_strings"]:
             kwargs.update(stop_strings=list(s["stop_strings"]), tokenizer=self.tokenizer)
@@ -173,6 +162,24 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
                 }
             )
         return results
+
+    def _split_shared_head(self, prompts: list[list[int]]) -> tuple[int, list[list[int]]]:
+        """The length of the head all prompts share, worth encoding once (0: none), and
+        each prompt's remainder. A batch's prompts usually share the system prompt."""
+        shared = 0
+        if self.settings["share_prompt_prefix"] and len(prompts) > 1:
+            shared = _common_prefix_length(prompts)
+            if shared < MIN_SHARED_HEAD:
+                shared = 0
+        return shared, [p[shared:] for p in prompts]
+
+    @staticmethod
+    def _head_cache(model, head: list[int], batch_size: int, device):
+        """The KV cache of ``head`` (run once, batch 1), repeated for every row. The repeat
+        is differentiable, so gradients of all rows flow back into the one head pass."""
+        cache = model(input_ids=torch.tensor([head], device=device), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(batch_size)
+        return cache
 
     def _response_length(self, ids: list[int]) -> int:
         """Tokens up to and including the first eos or the token completing a stop string
@@ -256,23 +263,12 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
         response, response_mask = batch[RESPONSE_IDS].long(), batch[RESPONSE_MASK].bool()
         B, L = response.shape
         shared, cache = 0, None
-        if self.settings["share_prompt_prefix"] and B > 1:
+        if self.settings["share_prompt_prefix"]:
             rows = [prompt[i][prompt_mask[i]].tolist() for i in range(B)]
-            shared = _common_prefix_length(rows)
-            if shared >= 16:
-                head = torch.tensor([rows[0][:shared]], device=prompt.device)
-                cache = model(input_ids=head, use_cache=True).past_key_values
-                cache.batch_repeat_interleave(B)
-                # Re-pack each prompt's remainder, left-padded, after the shared head.
-                width = max(len(r) for r in rows) - shared
-                rest = torch.full((B, width), int(prompt[0, -1]), dtype=torch.long, device=prompt.device)
-                rest_mask = torch.zeros((B, width), dtype=torch.bool, device=prompt.device)
-                for i, r in enumerate(rows):
-                    rest[i, width - (len(r) - shared) :] = torch.tensor(r[shared:], device=prompt.device)
-                    rest_mask[i, width - (len(r) - shared) :] = True
-                prompt, prompt_mask = rest, rest_mask
-            else:
-                shared = 0
+            shared, rest = self._split_shared_head(rows)
+            if shared:
+                cache = self._head_cache(model, rows[0][:shared], B, prompt.device)
+                prompt, prompt_mask = (t.to(prompt.device) for t in _left_pad(rest, int(prompt[0, -1])))
         head_mask = torch.ones((B, shared), dtype=torch.long, device=prompt.device)
         attention = torch.cat([head_mask, prompt_mask.long(), response_mask.long()], dim=1)
         # As in generate(): positions count real tokens only, so padding changes nothing.
@@ -333,6 +329,17 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
         missing, unexpected = self.load_state_dict(convert_to_torch_tensor(state), strict=False)
         if unexpected:
             raise ValueError(f"LLMRLModule.set_state: unexpected keys {unexpected[:5]}")
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, W)`` ids and mask with each row right-aligned (left-padded with ``pad``)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = True
+    return ids, mask
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:
