@@ -51,11 +51,15 @@ def resolve_model(name_or_path: str) -> str:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    # Written aside, then renamed: an interrupted conversion never looks complete.
-    tmp = folder.with_name(folder.name + ".tmp")
+    # Written aside (one folder per process), then renamed: an interrupted conversion never
+    # looks complete, and processes converting at once do not write into each other's files.
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.replace(folder)
+    if (folder / "config.json").exists():  # another process finished first
+        shutil.rmtree(tmp)
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.replace(folder)
     return str(folder)
