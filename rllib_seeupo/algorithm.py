@@ -26,7 +26,7 @@ from ray.rllib.utils.metrics import (
 
 from rllib_seeupo import objectives
 from rllib_seeupo.config import SeeUPOConfig
-from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, OLD_LOGP, TURN
+from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, OLD_LOGP, TURN, turn_metrics_key
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.objectives import CompoundRatio, UpdateOrder
 from rllib_seeupo.turn_env import SHARED_MODULE_ID, TurnAgentEnv, turn_index
@@ -147,7 +147,13 @@ class SeeUPO(Algorithm):
 
         # 2. Update the turns one after another (reverse order by default), carrying M.
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-            schedule = objectives.update_schedule(config.update_order, {k for r in rollouts for k in r.turns}, rng)
+            turns = {k for r in rollouts for k in r.turns}
+            if config.max_turns is not None:
+                # Turns past max_turns never enter an update; count how many rows that drops.
+                dropped = sum(k >= config.max_turns for r in rollouts for k in r.turns)
+                self.metrics.log_value((ROLLOUTS, "dropped_turns"), dropped, window=1)
+                turns = {k for k in turns if k < config.max_turns}
+            schedule = objectives.update_schedule(config.update_order, turns, rng)
             carry_m = config.compound_ratio == CompoundRatio.STEPWISE and config.update_order != UpdateOrder.PARALLEL
             compound = {r.episode_id: 1.0 for r in rollouts}  # M, keyed by episode id
             for position, turns in enumerate(schedule):
@@ -205,7 +211,7 @@ class SeeUPO(Algorithm):
         self.metrics.log_dict(
             {"compound_factor_mean": float(m.mean()), "compound_factor_min": float(m.min()),
              "compound_factor_max": float(m.max())},
-            key=(LEARNER_RESULTS, SHARED_MODULE_ID, f"turn_{turns[0]}" if len(turns) == 1 else "all_turns"),
+            key=(LEARNER_RESULTS, SHARED_MODULE_ID, turn_metrics_key(columns[TURN])),
             window=1,
         )
         if carry_m:

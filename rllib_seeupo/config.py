@@ -105,7 +105,8 @@ class SeeUPOConfig(AlgorithmConfig):
                 splits each pass into several optimizer steps; None = one step per pass).
             old_policy: ``current``: pi_old of turn k is the parameters left by the turns
                 updated before it (recomputed); ``rollout``: the sampling policy.
-            max_turns: Upper bound on the turns per episode; None takes it from the env.
+            max_turns: Train turns 0 .. max_turns-1 only; later turns of longer episodes are
+                left out of every update (counted in ``rollouts/dropped_turns``). None: all.
         """
         super().training(**kwargs)
         for name, value in dict(

@@ -17,12 +17,13 @@ def module_policy(module) -> BatchPolicy:
     """A batch policy from an RLModule with ``_forward_inference`` / ``_forward_exploration``
     returning text actions (the LLM module)."""
     import torch
+    from ray.rllib.core.columns import Columns
 
     def policy(observations: list[Any], sample: bool) -> list[str]:
-        batch = {"obs": np.array(observations, dtype=object)}
+        batch = {Columns.OBS: np.array(observations, dtype=object)}
         with torch.no_grad():
             out = module._forward_exploration(batch) if sample else module._forward_inference(batch)
-        return [str(a) for a in out["actions"]]
+        return [str(a) for a in out[Columns.ACTIONS]]
 
     return policy
 

@@ -186,3 +186,14 @@ def test_single_step_fast_path_equals_explicit_old_policy_recompute(ray_session)
     assert factors[0] != 1.0
     assert abs(factors[0] - factors[1]) < 1e-6
     assert torch.allclose(tables[0], tables[1], atol=1e-6)
+
+
+def test_max_turns_leaves_later_turns_out_of_the_update(ray_session):
+    algo = bandit_config(kl_coeff=0.0, max_turns=2).build_algo()
+    try:
+        result = algo.train()
+        stats = result["learners"][SHARED_MODULE_ID]
+        assert {"turn_0", "turn_1"} <= set(stats) and "turn_2" not in stats
+        assert result["rollouts"]["dropped_turns"] == 16
+    finally:
+        algo.stop()
