@@ -1,4 +1,4 @@
-"""Command line: ``python -m rllib_seeupo train FILE.yaml`` and ``plot``.
+"""Command line: ``python -m rllib_seeupo train FILE.yaml``, ``eval`` and ``plot``.
 
 Ray 2.60 ships neither an ``rllib`` CLI nor YAML tuned examples for the new API stack;
 this is the small replacement for both.
@@ -225,6 +225,77 @@ def print_summary(summary: dict[str, Any], out_dir: Path, plot: Path) -> None:
         print(f"   checkpoint: {summary['checkpoint']}")
 
 
+def progress_bar(label: str):
+    """``progress(done, total)``: a bar redrawn in place on a terminal, a line per tenth
+    of the work in a log."""
+    start, shown = time.time(), [-1]
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if not tty and tenth == shown[0]:
+            return
+        shown[0] = tenth
+        bar = "#" * (done * 30 // max(total, 1))
+        line = f"{label} [{bar:<30}] {done}/{total} episodes, {time.time() - start:.0f} s"
+        print(("\r" if tty else "") + line, end="" if tty and done < total else "\n", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
+    import yaml
+
+    values = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects key=value, got {item!r}")
+        key, _, raw = item.partition("=")
+        values[key.strip()] = yaml.safe_load(raw)
+    return values
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a model or checkpoint on an env's held-out split; write eval.json and eval.md."""
+    import torch
+
+    from rllib_seeupo.evaluation import evaluate, load_module, markdown_table, module_policy
+    from rllib_seeupo.turn_env import make_turn_env
+
+    name = args.env.removeprefix("seeupo/")
+    env_config = _key_values(args.env_config, "--env-config")
+    if args.categories:
+        env_config["categories"] = [c for item in args.categories for c in item.split(",") if c]
+    model_config = _key_values(args.model_config, "--model-config")
+    # Build the env first: a wrong env or env setting fails before a model loads.
+    task_ids = list(make_turn_env(name, env_config).task_ids(args.split))
+    if args.episodes is not None:
+        task_ids = task_ids[: args.episodes]
+    if not task_ids:
+        raise ValueError(f"no tasks in split {args.split!r} of {args.env}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    module = load_module(args.model, model_config)
+    print(f"eval {args.model} on {args.env} ({args.split}): {len(task_ids)} tasks x k={args.k}", flush=True)
+    result = evaluate(
+        module_policy(module), name, env_config, task_ids, k=args.k, sample=args.k > 1 or args.sample,
+        batch_size=args.batch_size, progress=progress_bar("   eval"),
+    )
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "model": args.model, "env": args.env, "env_config": env_config, "model_config": model_config,
+        "split": args.split, "num_tasks": len(task_ids), "sampled": args.k > 1 or args.sample, **result,
+    }
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    table = markdown_table(result)
+    (out_dir / "eval.md").write_text(f"# {args.model} on {args.env} ({args.split})\n\n{table}")
+    print()
+    print(table, end="")
+    print(f"   {out_dir / 'eval.json'}\n   {out_dir / 'eval.md'}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     summary = json.loads(Path(args.summary).read_text())
     out = Path(args.output or Path(args.summary).with_name("learning_curve.png"))
@@ -244,6 +315,22 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--output-dir", help="where summary.json, the plot and checkpoints go")
     train.add_argument("--no-tune", action="store_true", help="train in this process instead of as a Tune trial")
     train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a model or checkpoint on an env's held-out tasks")
+    ev.add_argument("--env", required=True, help="tool_tasks, bfcl, appworld, ... (with or without 'seeupo/')")
+    ev.add_argument("--model", default="smollm2-135m-instruct",
+                    help="algorithm or RLModule checkpoint, packaged alias, model folder or hub id")
+    ev.add_argument("--categories", action="append", help="env categories (BFCL), comma-separated")
+    ev.add_argument("--split", default="test", help="task split (default: test)")
+    ev.add_argument("--episodes", type=int, help="evaluate the first N tasks of the split (default: all)")
+    ev.add_argument("--k", type=int, default=1, help="episodes per task; k > 1 samples (avg@k, pass@k)")
+    ev.add_argument("--sample", action="store_true", help="sample even with k=1 (default: greedy)")
+    ev.add_argument("--batch-size", type=int, default=32, help="episodes played at once")
+    ev.add_argument("--env-config", action="append", metavar="KEY=VALUE", help="env setting, e.g. max_turns=3")
+    ev.add_argument("--model-config", action="append", metavar="KEY=VALUE", help="module setting, e.g. max_new_tokens=64")
+    ev.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ev.add_argument("--output-dir", required=True, help="where eval.json and eval.md go")
+    ev.set_defaults(func=cmd_eval)
 
     plot = sub.add_parser("plot", help="redraw learning_curve.png from a summary.json")
     plot.add_argument("summary")

@@ -89,3 +89,46 @@ def test_llm_run_reports_held_out_success_before_and_after(ray_session, tiny_mod
     assert 0.0 <= final["eval_success_before"] <= 1.0 and 0.0 <= final["eval_success_after"] <= 1.0
     assert summary["evaluation"]["before"]["num_episodes"] == 4
     assert "rollouts/success_rate" in summary["iterations"][0]
+
+    # The eval CLI restores the trained module from the checkpoint: greedy decoding on the
+    # same held-out tasks reproduces the run's own "after" evaluation.
+    eval_dir = tmp_path / "eval"
+    assert main([
+        "eval", "--env", "seeupo/tool_tasks", "--model", str(out / "checkpoint"), "--episodes", "4",
+        "--env-config", "max_turns=3", "--env-config", "parse_error_penalty=0.0", "--output-dir", str(eval_dir),
+    ]) == 0
+    report = json.loads((eval_dir / "eval.json").read_text())
+    after = summary["evaluation"]["after"]
+    for key in ("num_episodes", "success_rate", "turns_mean", "parse_error_rate", "truncation_rate"):
+        assert report[key] == pytest.approx(after[key]), key
+    assert "| all | 4 |" in (eval_dir / "eval.md").read_text()
+
+
+def test_evaluation_reports_per_group_figures_and_a_markdown_table():
+    """An oracle on the embedded env: every level group solved; the table has a row each."""
+    from envs.text import decode_messages
+    from envs.tool_tasks import make_task, oracle_response
+    from rllib_seeupo.evaluation import evaluate, markdown_table
+
+    # The policy sees only the chat: keep tasks whose request names them uniquely.
+    by_request = {}
+    for t in range(10**6, 10**6 + 60):
+        by_request.setdefault(make_task(t).request, []).append(make_task(t))
+    tasks = {ts[0].request: ts[0] for ts in by_request.values() if len(ts) == 1}
+
+    def oracle(observations, sample):
+        return [oracle_response(tasks[m[1]["content"]], m) for m in map(decode_messages, observations)]
+
+    ids = [task.task_id for task in tasks.values()]
+    result = evaluate(oracle, "tool_tasks", {}, ids, k=2, batch_size=16)
+    assert result["group_by"] == "level" and sorted(result["groups"]) == ["1", "2", "3", "4"]
+    assert result["num_episodes"] == 2 * len(ids) and result["success_rate"] == 1.0 and result["pass_at_k"] == 1.0
+    assert sum(g["num_episodes"] for g in result["groups"].values()) == 2 * len(ids)
+    assert all(g["success_rate"] == 1.0 for g in result["groups"].values())
+    table = markdown_table(result)
+    assert "| level 4 |" in table and "avg@2" in table and table.count("\n") == 2 + 4 + 1
+
+
+def test_eval_cli_errors_name_the_problem(capsys):
+    assert main(["eval", "--env", "tool_tasks", "--split", "dev", "--output-dir", "unused"]) == 2
+    assert "'dev'" in capsys.readouterr().err
