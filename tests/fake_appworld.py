@@ -225,7 +225,8 @@ class FakeAppWorldServer:
     """The fake server on ``127.0.0.1`` (``port=0``: an ephemeral port), served by a thread.
 
     ``faults``: a list of ``(endpoint, kind, value)`` consumed in order when ``endpoint`` is
-    requested: ``("execute", "delay", 2.0)`` sleeps before answering, ``("execute", "status",
+    requested: ``("execute", "delay", 2.0)`` sleeps before answering, ``("execute", "block",
+    event)`` answers once ``event`` is set, ``("execute", "status",
     503)`` answers a plain-text 5xx, ``("initialize", "drop", None)`` closes the connection
     without an answer. ``requests`` records ``(endpoint, body)``.
     """
@@ -259,6 +260,8 @@ class FakeAppWorldServer:
                         del server.faults[i]
                         if kind == "delay":
                             time.sleep(value)
+                        elif kind == "block":
+                            value.wait(30)
                         elif kind == "status":
                             return self._send(value, "Internal Server Error" if value == 500 else "Service Unavailable", "text/plain")
                         elif kind == "drop":

@@ -4,7 +4,6 @@ faults (no server, timeouts, 5xx, dropped connections, a restart mid-run)."""
 
 import socket
 import threading
-import time
 
 import pytest
 from pettingzoo.test import api_test
@@ -199,12 +198,13 @@ def test_no_server_is_a_clear_error_naming_url_and_command(tmp_path):
 
 
 def test_a_timeout_truncates_that_episode_and_the_next_one_runs(server, tmp_path):
-    e = make(server, tmp_path, request_timeout_s=0.3)
-    server.faults.append(("execute", "delay", 1.0))
+    e = make(server, tmp_path, request_timeout_s=2.0)
+    stuck = threading.Event()
+    server.faults.append(("execute", "block", stuck))
     reward, info, truncated = play(e, solution_response, "a1b2c3d_1")
     assert truncated and reward == 0.0 and info["num_turns"] == 1
     assert "timed out" in info["env_error"] and info["success"] == 0.0
-    time.sleep(1.0)  # the server finishes the slow request (it serves one at a time)
+    stuck.set()  # the server finishes the slow request (it serves one at a time)
     reward, info, truncated = play(e, solution_response, "a1b2c3d_2")
     assert reward == 1.5 and not truncated
 
@@ -267,19 +267,24 @@ def test_a_server_restart_mid_run_loses_no_finished_episode(tmp_path):
     assert result["success_rate"] == pytest.approx(2 / 3)
 
 
-def test_each_parallel_env_claims_its_own_server(tmp_path):
+def test_each_live_episode_holds_its_own_server(tmp_path):
     locks = str(tmp_path / "locks")
     with fake_servers(2) as (a, b):
-        first, second = (make([a.url, b.url], tmp_path) for _ in range(2))
+        first, second, third = (make([a.url, b.url], tmp_path) for _ in range(3))
         for e in (first, second):
             e.reset(options={"task_id": "a1b2c3d_1"})
         assert {first.client.url, second.client.url} == {a.url, b.url}
-        third = make([a.url, b.url], tmp_path)
-        with pytest.raises(AppWorldError, match="one server per parallel env"):
+        with pytest.raises(AppWorldError, match="one server per"):
             third.reset(options={"task_id": "a1b2c3d_1"})
-        first.close()  # frees its server
-        third.reset(options={"task_id": "a1b2c3d_1"})
-        assert third.client.url == a.url
-        url, handle = claim_server([a.url, b.url, "http://127.0.0.1:1"], locks)
-        assert url == "http://127.0.0.1:1"
+        # An episode that ends gives its server back.
+        freed = first.client.url
+        first.step("```python\napis.supervisor.complete_task(answer=2)\n```")
+        assert first.terminations["turn_0"] and first.client is None
+        third.reset(options={"task_id": "a1b2c3d_2"})
+        assert third.client.url == freed
+        # So does close().
+        held_by_second = second.client.url
+        second.close()
+        url, handle = claim_server([a.url, b.url], locks)
+        assert url == held_by_second
         handle.close()

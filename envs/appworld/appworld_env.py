@@ -104,8 +104,9 @@ class raw_env(AECEnv):
     ``env_error``.
 
     Args:
-        server_urls: one URL or a list; each env claims the first one no other env on this
-            machine holds (a file lock), so list one server per parallel env.
+        server_urls: one URL or a list; at reset an env claims the first one that no other
+            env on this machine holds (a file lock) and gives it back when the episode ends,
+            so list one server per episode that runs at the same time.
         max_turns: the turn limit T.
         task_ids: ``{split: [ids]}`` (or one list: the train split); else the split files
             under ``appworld_root`` (default: the ``APPWORLD_ROOT`` environment variable).
@@ -216,6 +217,15 @@ class raw_env(AECEnv):
             except AppWorldError:
                 pass  # a restarted or busy server: nothing left to free, or it frees it later
 
+    def _release_server(self) -> None:
+        """Give the server back: an env holds one only while an episode is live, so envs
+        that take turns (training, then in-process evaluation) can share servers."""
+        self._active_task = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        self.client = None
+
     # -- PettingZoo API -------------------------------------------------------------------
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
@@ -235,6 +245,7 @@ class raw_env(AECEnv):
             supervisor = task["supervisor"]
             request = TASK_PROMPT.format(instruction=task["instruction"], **supervisor)
         except AppWorldServerUnreachable:
+            self._release_server()
             raise  # no server at all: a setup error, not one bad episode
         except (AppWorldError, KeyError, TypeError) as error:
             # A failed start (e.g. an unknown task id) ends the episode at its first step.
@@ -318,6 +329,7 @@ class raw_env(AECEnv):
                 difficulty=report.get("difficulty"),
             )
             self._close_active_task()
+        self._release_server()
         # Turns that never acted leave the episode without an observation or a reward.
         acted = self.possible_agents[: last_turn + 1]
         for agent in self.possible_agents[last_turn + 1 :]:
@@ -338,10 +350,7 @@ class raw_env(AECEnv):
 
     def close(self) -> None:
         self._close_active_task()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-        self.client = None
+        self._release_server()
 
 
 def env(**config: Any) -> raw_env:
