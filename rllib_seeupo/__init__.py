@@ -18,6 +18,7 @@ from rllib_seeupo.presets import (
     GSPOConfig,
     RLOO,
     RLOOConfig,
+    ppo_config,
 )
 from rllib_seeupo.turn_env import SHARED_MODULE_ID, register_envs
 
@@ -37,4 +38,5 @@ __all__ = [
     "SHARED_MODULE_ID",
     "SeeUPO",
     "SeeUPOConfig",
+    "ppo_config",
 ]

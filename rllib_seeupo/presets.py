@@ -1,11 +1,21 @@
 """The baselines, built from SeeUPO's own pieces so that comparisons are fair
 (DESIGN.md section 4). Each is a config class with other defaults plus an Algorithm class
-registered with Tune under its name."""
+registered with Tune under its name. RLlib's own PPO runs unmodified through
+``ppo_config`` (``turn_agent_settings`` wires any RLlib algorithm to the turn agents)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
 from rllib_seeupo.algorithm import SeeUPO
 from rllib_seeupo.config import SeeUPOConfig
+from rllib_seeupo.turn_env import SHARED_MODULE_ID, shared_module_mapping
+
+if TYPE_CHECKING:
+    from ray.rllib.algorithms.ppo import PPOConfig
 
 
 class GRPOConfig(SeeUPOConfig):
@@ -77,6 +87,64 @@ class GRAEReinforce(SeeUPO):
     @classmethod
     def get_default_config(cls) -> GRAEReinforceConfig:
         return GRAEReinforceConfig()
+
+
+def turn_agent_settings(config: AlgorithmConfig) -> AlgorithmConfig:
+    """Sets up any RLlib algorithm config (e.g. ``PPOConfig``) for a turn-as-agent env the
+    way ``SeeUPOConfig`` is: every ``turn_k`` agent served by the one shared module, whole
+    episodes sampled in this process (no remote env runners), episode data kept as lists
+    (text observations, token ids of varying length) and the learner-connector piece that
+    pads those ids for the LLM module (it does nothing for other modules). The tabular
+    module is the default RLModule. Returns ``config``."""
+    from rllib_seeupo.llm.ppo import PadTurnColumns
+    from rllib_seeupo.modules.tabular import TabularSoftmaxRLModule
+
+    config.multi_agent(policies={SHARED_MODULE_ID}, policy_mapping_fn=shared_module_mapping)
+    # Env runners in this process, as SeeUPO's: each remote one would hold its own model.
+    config.env_runners(num_env_runners=0, batch_mode="complete_episodes", episodes_to_numpy=False)
+    config.learners(learner_connector=PadTurnColumns)
+    config.rl_module(rl_module_spec=RLModuleSpec(module_class=TabularSoftmaxRLModule))
+    return config
+
+
+def ppo_config(
+    env: str,
+    *,
+    env_config: dict[str, Any] | None = None,
+    module_class: type | None = None,
+    model_config: dict[str, Any] | None = None,
+) -> "PPOConfig":
+    """RLlib's built-in PPO (``ray.rllib.algorithms.ppo.PPO``, unmodified) on one of our
+    turn-as-agent envs: GAE with the module's value head, each turn a one-step episode of
+    its ``turn_k`` agent whose reward is the episode's team reward.
+
+    .. code-block:: python
+
+        from rllib_seeupo import ppo_config
+        from rllib_seeupo.llm.module import LLMRLModule
+
+        config = ppo_config("seeupo/tool_tasks", module_class=LLMRLModule,
+                            model_config={"model": "smollm2-135m-instruct"})
+        config.training(lr=1e-4, train_batch_size_per_learner=64, minibatch_size=16)
+        algo = config.build_algo()
+
+    Args:
+        env: A registered env name (``seeupo/<name>``).
+        env_config: The env's settings.
+        module_class: The RLModule (default ``TabularSoftmaxRLModule``); it must implement
+            ``ValueFunctionAPI``, as ``LLMRLModule`` and the tabular module do.
+        model_config: The module's ``model_config``.
+    Returns:
+        A ``PPOConfig``; chain ``.training(...)`` etc. as usual.
+    """
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    config = turn_agent_settings(PPOConfig().environment(env, env_config=dict(env_config or {})))
+    if module_class is not None:
+        config.rl_module(rl_module_spec=RLModuleSpec(module_class=module_class))
+    if model_config is not None:
+        config.rl_module(model_config=dict(model_config))
+    return config
 
 
 ALGORITHMS = {

@@ -18,17 +18,27 @@ agree (``top_p < 1`` samples from a truncated distribution and breaks that equal
     stop_strings: generation of a response stops once it contains one of these.
     share_prompt_prefix: encode the head that all prompts of a batch share once (default).
     logprob_chunk_rows: rows per chunk of the vocabulary-wide log-softmax.
+    vf_share_layers: RLlib's PPO only (it sets this key): True lets the value loss train
+        the LLM too; False (PPO's default) trains only the value head.
+
+RLlib's built-in PPO trains this module unchanged (see ``rllib_seeupo.ppo_config``): a
+value head (``ValueFunctionAPI``) reads the final hidden state of the prompt's last token,
+and the action distribution (``ResponseDistribution``) is the taken response's sequence
+log-prob, so PPO's ratio is ``pi(y | c) / pi_old(y | c)`` over the turn's whole response.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.numpy import convert_to_numpy
 
 from envs.text import decode_messages
 from rllib_seeupo.llm.models import resolve_model
@@ -40,6 +50,7 @@ from rllib_seeupo.modules.api import (
     RESPONSE_MASK,
     TurnPolicyAPI,
 )
+from rllib_seeupo.modules.distributions import ResponseDistribution
 
 PROMPT_IDS = "prompt_ids"  # (B, P) left-padded
 PROMPT_MASK = "prompt_mask"  # (B, P)
@@ -58,10 +69,11 @@ DEFAULTS = {
     "stop_strings": [],
     "logprob_chunk_rows": 8,
     "share_prompt_prefix": True,
+    "vf_share_layers": False,
 }
 
 
-class LLMRLModule(TorchRLModule, TurnPolicyAPI):
+class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyAPI):
     """A transformers causal LM as a turn policy (see the module docstring)."""
 
     def setup(self):
@@ -98,6 +110,11 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
             object.__setattr__(self, "_reference", reference)  # not a submodule: no state, no optimizer
         self.model = model
         self._prefix_ids = self.tokenizer(self.settings["response_prefix"], add_special_tokens=False)["input_ids"]
+        # RLlib's PPO: V(prompt) = value_head(final hidden state of the prompt's last token).
+        # Zero-initialised, so every value starts at 0; env runners drop it (inference only).
+        self.value_head = torch.nn.Linear(model.get_output_embeddings().in_features, 1)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
 
     # -- rollouts -----------------------------------------------------------------------
 
@@ -301,6 +318,8 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
         return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if Columns.LOSS_MASK in batch:  # a batch from RLlib's learner connector (PPO)
+            return self._forward_train_ppo(batch)
         logp, entropy = self._token_logp(self.model, batch, with_entropy=True)
         return {RESPONSE_LOGP: logp, RESPONSE_ENTROPY: entropy}
 
@@ -313,6 +332,94 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
         device = next(self.model.parameters()).device
         self._reference.to(device)
         return self._token_logp(self._reference, batch, with_entropy=False)[0]
+
+    # -- RLlib's PPO: value head, response distribution ----------------------------------
+
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["value_head"]  # env runners only generate
+
+    def get_train_action_dist_cls(self) -> type[ResponseDistribution]:
+        return ResponseDistribution
+
+    def get_exploration_action_dist_cls(self) -> type[ResponseDistribution]:
+        return ResponseDistribution
+
+    def get_inference_action_dist_cls(self) -> type[ResponseDistribution]:
+        return ResponseDistribution
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        """``(B,)`` value of each row's prompt: ``value_head`` on the final hidden state of
+        the prompt's last token.
+
+        Args:
+            batch: with ``Columns.OBS`` (chat texts) when ``embeddings`` is None.
+            embeddings: ``(B, H)`` those hidden states, as ``_forward_train`` returns them
+                under ``Columns.EMBEDDINGS`` (PPO's loss passes them, so the value loss and
+                the policy loss share one forward pass). Without them (the call of RLlib's
+                GAE connector) the prompts are encoded from ``Columns.OBS`` and run without
+                gradient.
+        """
+        if embeddings is None:
+            embeddings = self._prompt_embeddings(batch)
+        if not self.settings["vf_share_layers"]:
+            embeddings = embeddings.detach()
+        return self.value_head(embeddings.float()).squeeze(-1)
+
+    def _forward_train_ppo(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """PPO's training forward on a batch from RLlib's learner connector (its ragged
+        columns padded by ``rllib_seeupo.llm.ppo.PadTurnColumns``).
+
+        Returns ``Columns.ACTION_DIST_INPUTS`` ``(B, 2)`` (the response's sequence log-prob
+        and mean per-token entropy, see ``ResponseDistribution``) and ``Columns.EMBEDDINGS``
+        ``(B, H)`` (the prompt's last hidden state, for ``compute_values``). Rows the loss
+        masks out (the artificial step RLlib appends to every episode) are not run through
+        the model; their outputs are zeros.
+        """
+        if RESPONSE_MASK not in batch:
+            raise ValueError(
+                "LLMRLModule: a PPO train batch needs the padded prompt/response columns; add "
+                "rllib_seeupo.llm.ppo.PadTurnColumns to the learner connector (rllib_seeupo.ppo_config does)"
+            )
+        loss_mask = batch[Columns.LOSS_MASK].bool()
+        rows = loss_mask.nonzero().squeeze(-1)
+        selected = _select_rows(batch, rows)
+        # Unlike SeeUPO's learner, PPO's does not tell the module whether its entropy term
+        # is on: keep the entropy differentiable so that `entropy_coeff` always acts.
+        entropy_grad, self.entropy_grad = self.entropy_grad, True
+        try:
+            with _output_projection_input(self.model) as captured:
+                logp, entropy = self._token_logp(self.model, selected, with_entropy=True)
+        finally:
+            self.entropy_grad = entropy_grad
+        mask = selected[RESPONSE_MASK].to(logp.dtype)
+        dist_inputs = torch.stack([(logp * mask).sum(-1), (entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)], dim=-1)
+        # The first kept position (logits_to_keep = L + 1) is the prompt's last token.
+        hidden = captured[-1][:, 0]
+        B = loss_mask.shape[0]
+        return {
+            Columns.ACTION_DIST_INPUTS: dist_inputs.new_zeros((B, 2)).index_copy(0, rows, dist_inputs),
+            Columns.EMBEDDINGS: hidden.new_zeros((B, hidden.shape[-1])).index_copy(0, rows, hidden),
+        }
+
+    @torch.no_grad()
+    def _prompt_embeddings(self, batch: dict[str, Any]) -> torch.Tensor:
+        """``(B, H)`` final hidden state of each row's prompt (encoded from its observation,
+        the last ``max_prompt_tokens`` tokens of it) at its last token; zeros for rows
+        whose value no GAE term reads (see ``_rows_needing_values``)."""
+        observations = list(batch[Columns.OBS])
+        device = self.value_head.weight.device
+        out = torch.zeros((len(observations), self.value_head.in_features), device=device)
+        rows = np.flatnonzero(_rows_needing_values(batch, len(observations)))
+        if len(rows):
+            limit = self.settings["max_prompt_tokens"]
+            prompts = [self.encode_prompt(observations[i])[-limit:] for i in rows]
+            empty = np.zeros(0, np.int64)
+            columns = self.collate_turn_rows([{PROMPT_IDS: p, RESPONSE_IDS: empty, BEHAVIOUR_LOGP: empty} for p in prompts])
+            tensors = {k: torch.as_tensor(v, device=device) for k, v in columns.items()}
+            with _output_projection_input(self.model) as captured:
+                self._response_logits(self.model, tensors)  # one masked dummy response token
+            out[torch.as_tensor(rows, device=device)] = captured[-1][:, 0].float()
+        return out
 
     # -- state: with LoRA only the adapter travels (weight sync, checkpoints) -----------
 
@@ -329,6 +436,47 @@ class LLMRLModule(TorchRLModule, TurnPolicyAPI):
         missing, unexpected = self.load_state_dict(convert_to_torch_tensor(state), strict=False)
         if unexpected:
             raise ValueError(f"LLMRLModule.set_state: unexpected keys {unexpected[:5]}")
+
+
+@contextlib.contextmanager
+def _output_projection_input(model):
+    """Within the block, the list of inputs that ``model``'s output projection (lm_head)
+    received: the final hidden states of the positions whose logits are kept."""
+    captured = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def _select_rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The padded prompt/response columns of ``rows``, without the columns that are padding
+    in every selected row (a minibatch keeps the width of the widest row of its batch)."""
+    prompt_mask = batch[PROMPT_MASK][rows].bool()
+    response_mask = batch[RESPONSE_MASK][rows].bool()
+    used = prompt_mask.any(0).nonzero()
+    first = int(used[0]) if len(used) else prompt_mask.shape[1] - 1
+    used = response_mask.any(0).nonzero()
+    end = int(used[-1]) + 1 if len(used) else 1
+    return {
+        PROMPT_IDS: batch[PROMPT_IDS][rows, first:].long(),
+        PROMPT_MASK: prompt_mask[:, first:],
+        RESPONSE_IDS: batch[RESPONSE_IDS][rows, :end].long(),
+        RESPONSE_MASK: response_mask[:, :end],
+    }
+
+
+def _rows_needing_values(batch: dict[str, Any], n: int) -> np.ndarray:
+    """``(n,)`` bool: the rows whose value RLlib's GAE reads. Its learner connector appends
+    to every episode one artificial row (``LOSS_MASK`` False) whose value only serves as
+    the bootstrap of the row before it, which is multiplied by 0 after a terminal row."""
+    if Columns.LOSS_MASK not in batch or Columns.TERMINATEDS not in batch:
+        return np.ones(n, dtype=bool)
+    loss_mask = np.asarray(convert_to_numpy(batch[Columns.LOSS_MASK]), dtype=bool)
+    terminated = np.asarray(convert_to_numpy(batch[Columns.TERMINATEDS]), dtype=bool)
+    after_terminal = np.concatenate([[False], terminated[:-1]])
+    return loss_mask | ~after_terminal
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
