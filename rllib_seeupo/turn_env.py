@@ -19,7 +19,7 @@ SHARED_MODULE_ID = "shared_policy"
 # the episode then ends as truncated (never cut in the middle of a message).
 PROMPT_TOO_LONG = "\x00<prompt-too-long>"
 # Env packages under `envs/` registered as `seeupo/<name>`.
-ENV_PACKAGES = ("bandit", "tool_tasks", "appworld")
+ENV_PACKAGES = ("bandit", "tool_tasks", "appworld", "bfcl")
 
 
 def shared_module_mapping(agent_id: str, episode: Any = None, **kwargs) -> str:
