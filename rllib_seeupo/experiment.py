@@ -14,7 +14,22 @@
 Every key under ``config`` must be a setting of the algorithm's config class (unknown keys
 are an error naming the key). Besides those, ``module_class`` (a dotted path),
 ``model_config`` (a dict for the RLModule) and ``callbacks`` (a dotted path) are accepted.
-A value ``{grid_search: [...]}`` becomes a Tune grid axis.
+A value ``{grid_search: [...]}`` becomes a Tune grid axis; ``{choice: [...]}``,
+``{uniform: [low, high]}``, ``{loguniform: [low, high]}`` and ``{randint: [low, high]}``
+(high excluded) are sampled by Tune, ``num_samples`` times per grid point:
+
+.. code-block:: yaml
+
+    num_samples: 4
+    config:
+      lr: {loguniform: [0.01, 0.3]}
+      update_order: {grid_search: [reverse, parallel]}
+
+``run`` may also name an RLlib built-in algorithm (``run: PPO``): on a ``seeupo/<name>``
+env it gets the same wiring as SeeUPO (every ``turn_k`` agent on the one shared module,
+whole episodes, list episodes, the learner connector that pads the LLM module's token ids;
+see ``rllib_seeupo.presets.turn_agent_settings``), and its own settings under ``config``
+(``train_batch_size_per_learner``, ``minibatch_size``, ``num_epochs``, ``vf_loss_coeff``...).
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +72,48 @@ class Experiment:
         return _has_search(self.config) or self.num_samples > 1
 
 
+# A one-key mapping with one of these keys is a search axis (Tune's functions of that name).
+SEARCH_KINDS = ("grid_search", "choice", "uniform", "loguniform", "randint")
+
+
+def _search_kind(value: Any) -> str | None:
+    """The kind of search axis ``value`` is (None: a plain value); bad arguments raise."""
+    if not (isinstance(value, dict) and len(value) == 1):
+        return None
+    (kind, args), = value.items()
+    if kind not in SEARCH_KINDS:
+        return None
+    if kind in ("grid_search", "choice"):
+        if not isinstance(args, list) or not args:
+            raise ValueError(f"{{{kind}: ...}} needs a non-empty list of values, got {args!r}")
+        return kind
+    numbers = isinstance(args, list) and len(args) == 2 and all(
+        isinstance(a, (int, float)) and not isinstance(a, bool) for a in args
+    )
+    if not numbers or not args[0] < args[1]:
+        raise ValueError(f"{{{kind}: [low, high]}} needs two numbers with low < high, got {args!r}")
+    if kind == "loguniform" and args[0] <= 0:
+        raise ValueError(f"{{loguniform: [low, high]}} needs low > 0, got {args!r}")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise ValueError(f"{{randint: [low, high]}} needs integers, got {args!r}")
+    return kind
+
+
+def _check_search_axes(value: Any, key: str = "config") -> None:
+    """Raises a ValueError naming the key of the first malformed search axis."""
+    if isinstance(value, dict):
+        try:
+            kind = _search_kind(value)
+        except ValueError as error:
+            raise ValueError(f"{key}: {error}") from None
+        if not kind:
+            for k, v in value.items():
+                _check_search_axes(v, f"{key}.{k}")
+
+
 def _has_search(value: Any) -> bool:
     if isinstance(value, dict):
-        if set(value) == {"grid_search"}:
+        if _search_kind(value):
             return True
         return any(_has_search(v) for v in value.values())
     return False
@@ -107,6 +162,10 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     for required in ("env", "run"):
         if required not in spec:
             raise ValueError(f"{path}: experiment {name!r} needs a {required!r} key")
+    try:
+        _check_search_axes(spec.get("config") or {})
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return Experiment(
         name=name,
         run=spec["run"],
@@ -132,14 +191,19 @@ def algorithm_class(run: str):
         return ALGORITHMS[run]
     if "." in run:
         return import_object(run)
-    from ray.rllib.algorithms.registry import get_algorithm_class
+    from ray.rllib.algorithms.registry import ALGORITHMS as RLLIB_ALGORITHMS
 
-    return get_algorithm_class(run)
+    if run not in RLLIB_ALGORITHMS:
+        known = sorted(set(ALGORITHMS) | set(RLLIB_ALGORITHMS))
+        raise ValueError(f"unknown algorithm run: {run!r}; known: {known} (or a dotted path to an Algorithm class)")
+    return RLLIB_ALGORITHMS[run]()[0]  # imports only that algorithm
 
 
 def build_config(experiment: Experiment, *, resolve_search: bool = True):
     """The experiment's ``AlgorithmConfig``. With ``resolve_search`` a grid axis takes its
     first value (for in-process runs); Tune gets the axes through ``param_space``."""
+    from rllib_seeupo.config import SeeUPOConfig
+
     algo_cls = algorithm_class(experiment.run)
     config = algo_cls.get_default_config()
     settings = _first_of_grids(experiment.config) if resolve_search else copy.deepcopy(experiment.config)
@@ -151,6 +215,11 @@ def build_config(experiment: Experiment, *, resolve_search: bool = True):
                 f"experiment {experiment.name!r}: unknown config key {key!r} for {type(config).__name__}"
             )
     config.environment(experiment.env)
+    if experiment.env.startswith("seeupo/") and not isinstance(config, SeeUPOConfig):
+        # An RLlib built-in (`run: PPO`): the same turn-agent wiring as SeeUPO's.
+        from rllib_seeupo.presets import turn_agent_settings
+
+        turn_agent_settings(config)
     config.update_from_dict(settings)
     if "module_class" in special or "model_config" in special:
         spec_kwargs = {}
@@ -168,21 +237,33 @@ def build_config(experiment: Experiment, *, resolve_search: bool = True):
 
 
 def _first_of_grids(value: Any) -> Any:
+    """One representative value per search axis (to build and validate one config): the
+    first listed value, the middle of a uniform or log-uniform range, randint's low."""
     if isinstance(value, dict):
-        if set(value) == {"grid_search"}:
-            return copy.deepcopy(value["grid_search"][0])
+        kind = _search_kind(value)
+        if kind in ("grid_search", "choice"):
+            return copy.deepcopy(value[kind][0])
+        if kind == "uniform":
+            return (value[kind][0] + value[kind][1]) / 2
+        if kind == "loguniform":
+            return math.sqrt(value[kind][0] * value[kind][1])
+        if kind == "randint":
+            return value[kind][0]
         return {k: _first_of_grids(v) for k, v in value.items()}
     return copy.deepcopy(value)
 
 
 def search_space(experiment: Experiment) -> dict[str, Any]:
-    """The grid axes of ``experiment.config`` as Tune search objects, by config key."""
+    """The search axes of ``experiment.config`` as Tune search objects, by config key."""
     from ray import tune
 
     def convert(value):
         if isinstance(value, dict):
-            if set(value) == {"grid_search"}:
-                return tune.grid_search(list(value["grid_search"]))
+            kind = _search_kind(value)
+            if kind in ("grid_search", "choice"):
+                return getattr(tune, kind)(list(value[kind]))
+            if kind:
+                return getattr(tune, kind)(*value[kind])
             return {k: convert(v) for k, v in value.items()}
         return value
 

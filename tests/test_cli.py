@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from rllib_seeupo.cli import main
-from rllib_seeupo.experiment import build_config, load_experiment, parse_override
+from rllib_seeupo.experiment import build_config, load_experiment, parse_override, search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDIT_YAML = ROOT / "tuned_examples" / "bandit_seeupo.yaml"
@@ -18,6 +18,80 @@ def test_every_tuned_example_loads_and_validates():
     for path in files:
         experiment = load_experiment(path)
         build_config(experiment).validate()
+
+
+# Every baseline and ablation, on the bandit and on the embedded env (DESIGN.md section 4).
+VARIANTS = (
+    "seeupo_forward", "seeupo_random", "seeupo_parallel", "seeupo_group_std", "seeupo_no_norm",
+    "seeupo_no_compound", "grpo", "gspo", "rloo", "grae_reinforce", "ppo",
+)
+# Settings a variant shares with its main example, so that the comparison is fair.
+SHARED = (
+    "env_config", "module_class", "model_config", "callbacks", "seed", "lr", "grad_clip", "num_envs_per_env_runner",
+)
+
+
+@pytest.mark.parametrize("env, suffix", [("bandit", ""), ("tool_tasks", "_smollm2")])
+def test_every_variant_exists_with_the_main_examples_env_model_and_budget(env, suffix):
+    main_example = load_experiment(ROOT / "tuned_examples" / f"{env}_seeupo{suffix}.yaml")
+    for variant in VARIANTS:
+        experiment = load_experiment(ROOT / "tuned_examples" / f"{env}_{variant}{suffix}.yaml")
+        assert experiment.env == main_example.env, variant
+        assert experiment.stop == main_example.stop and experiment.evaluation == main_example.evaluation, variant
+        assert experiment.torch_threads == main_example.torch_threads, variant
+        for key in SHARED:
+            assert experiment.config.get(key) == main_example.config.get(key), (variant, key)
+        if variant != "ppo":
+            for key in ("group_size", "tasks_per_iteration", "kl_coeff"):
+                assert experiment.config.get(key) == main_example.config.get(key), (variant, key)
+
+
+def test_run_ppo_gets_the_turn_agent_wiring():
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from rllib_seeupo import SHARED_MODULE_ID
+    from rllib_seeupo.llm.module import LLMRLModule
+    from rllib_seeupo.llm.ppo import PadTurnColumns
+
+    config = build_config(load_experiment(ROOT / "tuned_examples" / "tool_tasks_ppo_smollm2.yaml"))
+    assert isinstance(config, PPOConfig) and config.algo_class.__name__ == "PPO"
+    assert set(config.policies) == {SHARED_MODULE_ID} and config.policy_mapping_fn("turn_2") == SHARED_MODULE_ID
+    assert config._learner_connector is PadTurnColumns
+    assert config.episodes_to_numpy is False and config.batch_mode == "complete_episodes"
+    assert config.rl_module_spec.module_class is LLMRLModule
+    assert config.model_config["lora"]["rank"] == 16 and config.use_kl_loss is False
+
+
+def test_sampled_search_values_become_tune_domains(tmp_path):
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    sampled = tmp_path / "sampled.yaml"
+    sampled.write_text(
+        BANDIT_YAML.read_text()
+        .replace("    lr: 0.1\n", "    lr: {loguniform: [0.01, 0.3]}\n    clip_param: {uniform: [0.1, 0.3]}\n")
+        .replace("    group_size: 8\n", "    group_size: {randint: [4, 9]}\n")
+        .replace("    update_order: reverse\n", "    update_order: {choice: [reverse, parallel]}\n")
+    )
+    experiment = load_experiment(sampled)
+    assert experiment.has_search_space()
+    space = search_space(experiment)
+    assert isinstance(space["lr"], Float) and type(space["lr"].sampler).__name__ == "_LogUniform"
+    assert (space["lr"].lower, space["lr"].upper) == (0.01, 0.3)
+    assert isinstance(space["clip_param"], Float) and type(space["clip_param"].sampler).__name__ == "_Uniform"
+    assert isinstance(space["group_size"], Integer) and (space["group_size"].lower, space["group_size"].upper) == (4, 9)
+    assert isinstance(space["update_order"], Categorical) and space["update_order"].categories == ["reverse", "parallel"]
+    config = build_config(experiment)  # one representative value per axis, valid
+    config.validate()
+    assert config.lr == pytest.approx((0.01 * 0.3) ** 0.5) and config.group_size == 4
+    assert config.update_order == "reverse" and config.clip_param == pytest.approx(0.2)
+    for bad, message in (
+        ("{loguniform: [0.0, 0.3]}", "config.clip_param: .*low > 0"),
+        ("{uniform: [0.3, 0.1]}", "low < high"),
+        ("{randint: [1.5, 4]}", "integers"),
+        ("{choice: []}", "non-empty list"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            load_experiment(sampled, [f"clip_param={bad}"])
 
 
 def test_overrides_parse_as_yaml_and_nest():
@@ -71,6 +145,22 @@ def test_train_with_tune_grid_search(ray_session, tmp_path):
     assert sorted(t["config"]["lr"] for t in summary["trials"]) == [0.05, 0.2]
     assert summary["best_trial"] in {t["trial_id"] for t in summary["trials"]}
     assert len(summary["iterations"]) == 2 and summary["checkpoint"]
+
+
+@pytest.mark.slow  # two Tune trials: ~30 s on 2 cores; the conversion itself is tested above
+def test_train_with_tune_sampled_values(ray_session, tmp_path):
+    sampled = tmp_path / "sampled.yaml"
+    sampled.write_text(
+        BANDIT_YAML.read_text()
+        .replace("  checkpoint_freq: 0\n", "  checkpoint_freq: 0\n  num_samples: 2\n")
+        .replace("    lr: 0.1\n", "    lr: {loguniform: [0.01, 0.3]}\n")
+    )
+    out = tmp_path / "tune"
+    assert main(["train", str(sampled), "--stop-iters", "1", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rates = [t["config"]["lr"] for t in summary["trials"]]
+    assert len(rates) == 2 and len(set(rates)) == 2 and all(0.01 <= r <= 0.3 for r in rates)
+    assert summary["checkpoint"]
 
 
 def test_llm_run_reports_held_out_success_before_and_after(ray_session, tiny_model, tmp_path):
