@@ -44,11 +44,15 @@ class TurnAgentEnv(PettingZooEnv):
       agent to act and never ends, so a vectorised runner generates nothing for it.
     - the reset infos (with ``task_id``).
     - a failing env step, or a ``PROMPT_TOO_LONG`` action, ends that episode as truncated
-      (the error goes into the infos) instead of ending the run.
+      (the error goes into the infos) instead of ending the run; the env is closed then, and
+      when parked, so an unfinished episode holds no server or cache. Envs must accept
+      ``reset`` after ``close``.
     """
 
     def __init__(self, aec_env):
         super().__init__(aec_env)
+        # PettingZooEnv resets the env once to read its spaces: hold nothing from that.
+        self._release()
         self.task_queue: collections.deque | None = None
         self._parked = False
 
@@ -57,6 +61,7 @@ class TurnAgentEnv(PettingZooEnv):
         if "task_id" not in options and self.task_queue is not None:
             if not self.task_queue:
                 self._parked = True
+                self._release()
                 return {}, {}
             options["task_id"] = self.task_queue.popleft()
         self._parked = False
@@ -87,7 +92,16 @@ class TurnAgentEnv(PettingZooEnv):
             infos[agent] = {**dict(self.env.infos.get(agent, {})), **info}
         terminated = {a: False for a in agents} | {"__all__": False}
         truncated = {a: True for a in agents} | {"__all__": True}
+        self._release()
         return obs, rewards, terminated, truncated, infos
+
+    def _release(self) -> None:
+        """Free what the unfinished episode holds (an AppWorld server, BFCL's cached
+        backends): it will not be stepped again before the next reset."""
+        try:
+            self.env.close()
+        except Exception:  # releasing is best effort; the next reset starts afresh
+            pass
 
     def task_ids(self, split: str = "train"):
         """The env's task ids for ``split`` (a sequence; may be a ``range``)."""

@@ -288,3 +288,21 @@ def test_each_live_episode_holds_its_own_server(tmp_path):
         url, handle = claim_server([a.url, b.url], locks)
         assert url == held_by_second
         handle.close()
+
+
+def test_an_episode_cut_short_by_the_rllib_wrapper_gives_its_server_back(server, tmp_path):
+    """A prompt too long for the model truncates the episode in ``TurnAgentEnv`` without an
+    env step: the env is closed there, so the one server is free for the next episode."""
+    from rllib_seeupo.turn_env import PROMPT_TOO_LONG, TurnAgentEnv
+
+    first, second = (TurnAgentEnv(make(server, tmp_path)) for _ in range(2))
+    first.reset(options={"task_id": "a1b2c3d_1"})
+    with pytest.raises(AppWorldError, match="one server per"):
+        second.reset(options={"task_id": "a1b2c3d_2"})
+    _, _, _, truncated, infos = first.step({"turn_0": PROMPT_TOO_LONG})
+    assert truncated["__all__"] and infos["turn_0"]["prompt_too_long"]
+    observations, _ = second.reset(options={"task_id": "a1b2c3d_2"})
+    assert list(observations) == ["turn_0"]
+    # The closed env starts its next episode as usual.
+    second.close()
+    assert list(first.reset(options={"task_id": "a1b2c3d_1"})[0]) == ["turn_0"]
