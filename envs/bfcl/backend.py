@@ -203,6 +203,10 @@ def decode_response(text: str, allowed: set[str], signatures: dict[str, list[lis
     signs. Integers are bounded (``MAX_ABS_INT``) and so are arguments named in
     ``PARAMETER_LIMITS`` (by keyword, or by position in ``signatures[name]``).
     """
+    if "<think>" in text and "</think>" not in text:
+        return Decoded("answer")  # reasoning cut short: no call list (bfcl decodes nothing)
+    # Reasoning models: only what follows the reasoning is decoded, as bfcl's handlers do.
+    text = text.rpartition("</think>")[2]
     stripped = text.strip("`\n ")
     if not (_STARTS_LIKE_CALL.match(stripped) or _EMBEDDED_CALL_LIST.search(text)):
         return Decoded("answer")
