@@ -32,6 +32,8 @@ from rllib_seeupo.objectives import CompoundRatio, UpdateOrder
 from rllib_seeupo.turn_env import SHARED_MODULE_ID, TurnAgentEnv, turn_index
 
 ROLLOUTS = "rollouts"  # metrics key of the rollout/grouping statistics
+# Phases of `update_policy` timed on the algorithm side (seconds, summed over the turns).
+UPDATE_PHASES = ("collate", "logp_recompute", "learner_update", "metrics", "compound_update")
 
 
 @dataclasses.dataclass
@@ -129,36 +131,16 @@ class SeeUPO(Algorithm):
         return SeeUPOConfig()
 
     def training_step(self) -> None:
-        config = self.config
-        rng = np.random.default_rng([config.seed or 0, self.iteration])
+        rng = np.random.default_rng([self.config.seed or 0, self.iteration])
 
-        # 1. Sample: each of B tasks rolled out n times.
-        start = time.perf_counter()
-        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            episodes, runner_metrics = self._sample_task_groups(rng)
-            self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
-        sampling_s = time.perf_counter() - start
-        rollouts, advantages = self._group_advantages(episodes)
-        tokens = self.metrics.peek((ROLLOUTS, "response_tokens"), default=0.0)
-        if tokens:
-            self.metrics.log_value((ROLLOUTS, "tokens_per_s"), tokens / sampling_s, window=1)
+        # 1. Sample: each of B tasks rolled out n times; group-relative advantages.
+        rollouts, advantages = self.sample_rollouts(rng)
         if not rollouts:
             return
 
         # 2. Update the turns one after another (reverse order by default), carrying M.
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-            turns = {k for r in rollouts for k in r.turns}
-            if config.max_turns is not None:
-                # Turns past max_turns never enter an update; count how many rows that drops.
-                dropped = sum(k >= config.max_turns for r in rollouts for k in r.turns)
-                self.metrics.log_value((ROLLOUTS, "dropped_turns"), dropped, window=1)
-                turns = {k for k in turns if k < config.max_turns}
-            schedule = objectives.update_schedule(config.update_order, turns, rng)
-            carry_m = config.compound_ratio == CompoundRatio.STEPWISE and config.update_order != UpdateOrder.PARALLEL
-            compound = {r.episode_id: 1.0 for r in rollouts}  # M, keyed by episode id
-            for position, turns in enumerate(schedule):
-                last = position + 1 == len(schedule)
-                self._update_turns(turns, rollouts, advantages, compound, carry_m=carry_m and not last)
+            self.update_policy(rollouts, advantages, rng)
 
         # 3. Sync the new weights to the env runners.
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
@@ -168,6 +150,72 @@ class SeeUPO(Algorithm):
                 inference_only=True,
             )
 
+    def sample_rollouts(self, rng: np.random.Generator) -> tuple[list[Rollout], np.ndarray]:
+        """Roll out ``tasks_per_iteration`` tasks ``group_size`` times each.
+
+        Returns:
+            The rollouts of tasks with at least two rollouts, and their ``(N,)`` advantages.
+        """
+        start = time.perf_counter()
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes, runner_metrics = self._sample_task_groups(rng)
+            self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
+        sampling_s = time.perf_counter() - start
+        rollouts, advantages = self._group_advantages(episodes)
+        tokens = self.metrics.peek((ROLLOUTS, "response_tokens"), default=0.0)
+        if tokens:
+            self.metrics.log_value((ROLLOUTS, "tokens_per_s"), tokens / sampling_s, window=1)
+        return rollouts, advantages
+
+    def update_policy(
+        self,
+        rollouts: list[Rollout],
+        advantages: np.ndarray,
+        rng: np.random.Generator,
+        *,
+        update_order: str | None = None,
+    ) -> dict[str, float]:
+        """Update the turns of ``rollouts`` one group after another, carrying M between them.
+
+        Args:
+            rollouts, advantages: as returned by ``sample_rollouts``.
+            update_order: overrides ``config.update_order`` (benchmarks compare orders on
+                one batch).
+        Returns:
+            Seconds per phase, summed over the turn updates, also logged under
+            ``timers/update_phases``: ``collate`` (building the batches), ``logp_recompute``
+            (no-grad passes for pi_old and M), the learner's ``forward`` (with the loss),
+            ``backward`` and ``optimizer_step`` (clipping and step), ``learner_overhead``
+            (RLlib's per-update plumbing), ``compound_update``, ``metrics``, ``other`` and
+            ``total``.
+        """
+        config = self.config
+        order = update_order or config.update_order
+        start = time.perf_counter()
+        timings = dict.fromkeys(UPDATE_PHASES, 0.0)
+        turns = {k for r in rollouts for k in r.turns}
+        if config.max_turns is not None:
+            # Turns past max_turns never enter an update; count how many rows that drops.
+            dropped = sum(k >= config.max_turns for r in rollouts for k in r.turns)
+            self.metrics.log_value((ROLLOUTS, "dropped_turns"), dropped, window=1)
+            turns = {k for k in turns if k < config.max_turns}
+        schedule = objectives.update_schedule(order, turns, rng)
+        carry_m = config.compound_ratio == CompoundRatio.STEPWISE and order != UpdateOrder.PARALLEL
+        compound = {r.episode_id: 1.0 for r in rollouts}  # M, keyed by episode id
+        for position, group in enumerate(schedule):
+            last = position + 1 == len(schedule)
+            self._update_turns(group, rollouts, advantages, compound, carry_m=carry_m and not last, timings=timings)
+        # Split the learner's share into its forward, backward and optimizer step.
+        inside = self._learner_call(lambda learner: getattr(learner, "pop_phase_seconds", dict)())
+        timings["learner_overhead"] = timings.pop("learner_update") - inside.get("update_step", 0.0)
+        timings["backward"] = inside.get("backward", 0.0)
+        timings["optimizer_step"] = inside.get("optimizer_step", 0.0)
+        timings["forward"] = inside.get("update_step", 0.0) - timings["backward"] - timings["optimizer_step"]
+        timings["total"] = time.perf_counter() - start
+        timings["other"] = timings["total"] - sum(v for k, v in timings.items() if k not in ("total", "other"))
+        self.metrics.log_dict(timings, key=(TIMERS, "update_phases"), window=1)
+        return timings
+
     def _update_turns(
         self,
         turns: list[int],
@@ -176,18 +224,30 @@ class SeeUPO(Algorithm):
         compound: dict[str, float],
         *,
         carry_m: bool,
+        timings: dict[str, float],
     ) -> None:
         """One learner update on the rows of ``turns`` (a single turn, or all of them for a
-        parallel update); then, if ``carry_m``, fold this update's ratio change into M."""
+        parallel update); then, if ``carry_m``, fold this update's ratio change into M.
+        Adds the seconds of each phase to ``timings``."""
         config = self.config
+        clock = time.perf_counter()
+
+        def lap(phase: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[phase] += now - clock
+            clock = now
+
         rows = [(i, k) for k in turns for i, r in enumerate(rollouts) if k in r.turns]
         columns = self._module_class.collate_turn_rows([rollouts[i].turns[k] for i, k in rows])
+        lap("collate")
         # With one full-batch step on a local learner, pi_old (the current weights) is what
         # the update's own forward pass computes: no separate recompute is needed.
         single_step = config.num_epochs_per_turn == 1 and config.minibatch_size is None and self.learner_group.is_local
         before = None
         if not single_step and (config.old_policy == "current" or carry_m):
             before = self._response_logp(columns)
+            lap("logp_recompute")
         old = columns[BEHAVIOUR_LOGP] if config.old_policy == "rollout" else before
         if old is not None:
             columns[OLD_LOGP] = old
@@ -196,6 +256,7 @@ class SeeUPO(Algorithm):
         columns[ADVANTAGES] = advantages[index]
         columns[COMPOUND_FACTOR] = m
         columns[TURN] = np.array([k for _, k in rows], dtype=np.int64)
+        lap("collate")
         results = self.learner_group.update(
             batch=MultiAgentBatch({SHARED_MODULE_ID: SampleBatch(columns)}, env_steps=len(rows)),
             timesteps={
@@ -207,6 +268,7 @@ class SeeUPO(Algorithm):
             minibatch_size=config.minibatch_size,
             shuffle_batch_per_epoch=config.shuffle_batch_per_epoch,
         )
+        lap("learner_update")
         self.metrics.aggregate(results, key=LEARNER_RESULTS)
         self.metrics.log_dict(
             {"compound_factor_mean": float(m.mean()), "compound_factor_min": float(m.min()),
@@ -214,16 +276,20 @@ class SeeUPO(Algorithm):
             key=(LEARNER_RESULTS, SHARED_MODULE_ID, turn_metrics_key(columns[TURN])),
             window=1,
         )
+        lap("metrics")
         if carry_m:
             if before is None:
                 before = self._learner_call(lambda learner: learner.pre_step_response_logp())
+            lap("compound_update")
             after = self._response_logp(columns)
+            lap("logp_recompute")
             log_rho = objectives.sequence_log_ratio(
                 torch.tensor(after), torch.tensor(before), torch.tensor(columns[RESPONSE_MASK])
             )
             new_m = objectives.update_compound_factor(torch.tensor(m), torch.exp(log_rho), config.compound_clip)
             for i, value in zip(index, new_m.tolist()):
                 compound[rollouts[i].episode_id] = value
+            lap("compound_update")
 
     # -- plumbing -------------------------------------------------------------------------
 

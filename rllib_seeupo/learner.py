@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import time
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,27 @@ class SeeUPOTorchLearner(TorchLearner):
         for module_id in self.module.keys():
             # Modules that compute entropy only as a statistic skip its backward graph.
             self.module[module_id].unwrapped().entropy_grad = bool(self.config.entropy_coeff)
+        # Seconds per phase of the updates since the last `pop_phase_seconds()`.
+        self._phase_seconds: collections.Counter = collections.Counter()
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._phase_seconds[phase] += time.perf_counter() - start
+
+    def pop_phase_seconds(self) -> dict[str, float]:
+        """Seconds spent since the last call in ``update_step`` (one whole optimizer step:
+        forward, loss, backward, clipping, step), of which ``backward`` and ``optimizer_step``
+        (gradient clipping and the optimizer's step)."""
+        seconds, self._phase_seconds = dict(self._phase_seconds), collections.Counter()
+        return seconds
+
+    def _uncompiled_update(self, batch: dict, **kwargs):
+        with self._timed("update_step"):
+            return super()._uncompiled_update(batch, **kwargs)
 
     def compute_loss_for_module(
         self,
@@ -74,13 +98,22 @@ class SeeUPOTorchLearner(TorchLearner):
         return loss
 
     def compute_gradients(self, loss_per_module: dict[ModuleID, torch.Tensor], **kwargs) -> ParamDict:
-        grads = super().compute_gradients(loss_per_module, **kwargs)
+        with self._timed("backward"):
+            grads = super().compute_gradients(loss_per_module, **kwargs)
         norms = [g.detach().norm() for g in grads.values() if g is not None]
         if norms:
             grad_norm = torch.linalg.vector_norm(torch.stack(norms))
             for module_id in loss_per_module:
                 self.metrics.log_value((module_id, self._turn_key, "grad_norm"), grad_norm, window=1)
         return grads
+
+    def postprocess_gradients(self, gradients_dict: ParamDict) -> ParamDict:
+        with self._timed("optimizer_step"):
+            return super().postprocess_gradients(gradients_dict)
+
+    def apply_gradients(self, gradients_dict: ParamDict) -> None:
+        with self._timed("optimizer_step"):
+            super().apply_gradients(gradients_dict)
 
     def pre_step_response_logp(self) -> np.ndarray:
         """``(B, L)`` log-probs from the last update's forward pass (before its step)."""
