@@ -174,7 +174,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         attention = torch.cat([torch.ones_like(head), rest_mask.long()], dim=1)
         kwargs = {"do_sample": True, "temperature": s["temperature"], "top_p": s["top_p"], "top_k": 0} if sample else {"do_sample": False}
         if s["stop_strings"]:
-            kwargs.update(stop_strings=list(s["stop_strings"]), tokenizer=self.tokenizer)
+            kwargs["stopping_criteria"] = self._stop_criterion()
         if cache is not None:
             kwargs["past_key_values"] = cache
         out = self.model.generate(
@@ -204,6 +204,16 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
                 }
             )
         return results
+
+    def _stop_criterion(self):
+        """Built once per module: transformers' stop-string matcher reads the whole vocabulary
+        when it is made, which ``generate(stop_strings=...)`` would redo on every call."""
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        stops = tuple(self.settings["stop_strings"])
+        if getattr(self, "_stop", (None, None))[0] != stops:
+            self._stop = (stops, StoppingCriteriaList([StopStringCriteria(self.tokenizer, list(stops))]))
+        return self._stop[1]
 
     def _split_shared_head(self, prompts: list[list[int]]) -> tuple[int, list[list[int]]]:
         """The length of the head all prompts share, worth encoding once (0: none), and
