@@ -1,10 +1,18 @@
-"""Rollout throughput: batched generation across live episodes vs one episode at a time.
+"""Rollout throughput: batched generation across live episodes vs one episode at a time,
+for each rollout engine (transformers, vLLM).
 
-Plays the same held-out tasks of the embedded env with the same greedy policy twice, side
-by side in one process: once with every live episode's turn generated in one batch, once
-with a batch of one. Reports episodes/s, generated tokens/s and the speed-up.
+Plays the same held-out tasks of the embedded env with the same greedy policy, side by side
+in one process: for each engine, once with every live episode's turn generated in one
+batch, once with a batch of one. Reports episodes/s, generated tokens/s (medians over
+``--repeats``) and the speed-ups.
 
     python benchmarks/rollout_throughput.py --model smollm2-135m-instruct --episodes 16 --threads 2
+    .venv-vllm/bin/python benchmarks/rollout_throughput.py --engines transformers vllm --threads 2
+
+vLLM starts its engine in spawned processes (hence the ``__main__`` guard below); unless
+``VLLM_CPU_OMP_THREADS_BIND`` is set, its worker is bound to the first ``--threads`` cores,
+so both engines compute on the same number of threads. Its prefix cache is emptied before
+each timed run (it still reuses prompt heads within a run, across turns and episodes).
 """
 
 from __future__ import annotations
@@ -22,9 +30,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--engines", nargs="+", default=["transformers"], choices=["transformers", "vllm"])
+    parser.add_argument("--modes", nargs="+", default=["batched", "one_at_a_time"], choices=["batched", "one_at_a_time"])
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
+    import os
+
+    if "vllm" in args.engines:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}" if args.threads > 1 else "0")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -32,46 +46,64 @@ def main() -> None:
     from rllib_seeupo.evaluation import evaluate
     from rllib_seeupo.llm.module import LLMRLModule
 
-    module = LLMRLModule(
-        observation_space=AnyText(10**6),
-        action_space=AnyText(4000),
-        model_config={
-            "model": args.model, "max_new_tokens": args.max_new_tokens, "response_prefix": "[", "stop_strings": ["]"],
-        },
-    )
-    tokens = [0]
-
-    def policy(observations, sample):
-        prompts = [module.encode_prompt(o) for o in observations]
-        out = module.generate(prompts, sample=sample)
-        tokens[0] += sum(len(o["response_ids"]) for o in out)
-        return [o["text"] for o in out]
-
     tasks = list(range(10**6, 10**6 + args.episodes))
-    figures: dict[str, dict[str, float]] = {}
-    for label, batch_size in (("batched", args.episodes), ("one_at_a_time", 1)):
-        times, token_counts = [], []
-        for _ in range(args.repeats):
-            tokens[0] = 0
-            start = time.perf_counter()
-            result = evaluate(policy, "tool_tasks", {"max_turns": 3}, tasks, batch_size=batch_size)
-            times.append(time.perf_counter() - start)
-            token_counts.append(tokens[0])
-        seconds = statistics.median(times)
-        figures[label] = {
-            "seconds": seconds,
-            "episodes_per_s": args.episodes / seconds,
-            "tokens_per_s": statistics.median(token_counts) / seconds,
-            "success_rate": result["success_rate"],
-        }
-        print(f"{label:14s} {seconds:7.1f} s  {figures[label]['episodes_per_s']:.3f} episodes/s  "
-              f"{figures[label]['tokens_per_s']:.1f} tokens/s", flush=True)
-    speedup = figures["one_at_a_time"]["seconds"] / figures["batched"]["seconds"]
-    figures["speedup"] = {"batched_over_one_at_a_time": speedup}
+    figures: dict[str, dict[str, dict[str, float]]] = {}
+    for engine in args.engines:
+        module = LLMRLModule(
+            observation_space=AnyText(10**6),
+            action_space=AnyText(4000),
+            model_config={
+                "model": args.model, "max_new_tokens": args.max_new_tokens, "response_prefix": "[",
+                "stop_strings": ["]"], "engine": engine,
+            },
+        )
+        tokens = [0]
+
+        def policy(observations, sample):
+            prompts = [module.encode_prompt(o) for o in observations]
+            out = module.generate(prompts, sample=sample)
+            tokens[0] += sum(len(o["response_ids"]) for o in out)
+            return [o["text"] for o in out]
+
+        start = time.perf_counter()
+        module.generate([[module.tokenizer.eos_token_id]], sample=False)  # vLLM: start, load weights
+        print(f"{engine}: first call {time.perf_counter() - start:.1f} s", flush=True)
+        figures[engine] = {}
+        for mode in args.modes:
+            times, token_counts = [], []
+            for _ in range(args.repeats):
+                if engine == "vllm":
+                    module.vllm_engine().llm.reset_prefix_cache()
+                tokens[0] = 0
+                start = time.perf_counter()
+                batch_size = args.episodes if mode == "batched" else 1
+                result = evaluate(policy, "tool_tasks", {"max_turns": 3}, tasks, batch_size=batch_size)
+                times.append(time.perf_counter() - start)
+                token_counts.append(tokens[0])
+            seconds = statistics.median(times)
+            figures[engine][mode] = {
+                "seconds": seconds,
+                "episodes_per_s": args.episodes / seconds,
+                "tokens_per_s": statistics.median(token_counts) / seconds,
+                "tokens": statistics.median(token_counts),
+                "success_rate": result["success_rate"],
+            }
+            print(f"{engine:12s} {mode:14s} {seconds:7.1f} s  {figures[engine][mode]['episodes_per_s']:.3f} episodes/s  "
+                  f"{figures[engine][mode]['tokens_per_s']:.1f} tokens/s  success {result['success_rate']:.2f}", flush=True)
+        if module._vllm is not None:
+            module._vllm.close()
+    speedups = {}
+    for engine, runs in figures.items():
+        if len(runs) == 2:
+            speedups[f"{engine}_batched_over_one_at_a_time"] = runs["one_at_a_time"]["seconds"] / runs["batched"]["seconds"]
+    if "transformers" in figures and "vllm" in figures:
+        for mode in set(figures["transformers"]) & set(figures["vllm"]):
+            speedups[f"vllm_over_transformers_{mode}"] = figures["transformers"][mode]["seconds"] / figures["vllm"][mode]["seconds"]
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), **figures}, f, indent=2)
-    print(f"speedup {speedup:.2f}")
+            json.dump({"args": vars(args), **figures, "speedup": speedups}, f, indent=2)
+    for name, value in speedups.items():
+        print(f"speedup {name} {value:.2f}")
 
 
 if __name__ == "__main__":
