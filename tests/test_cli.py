@@ -222,3 +222,21 @@ def test_evaluation_reports_per_group_figures_and_a_markdown_table():
 def test_eval_cli_errors_name_the_problem(capsys):
     assert main(["eval", "--env", "tool_tasks", "--split", "dev", "--output-dir", "unused"]) == 2
     assert "'dev'" in capsys.readouterr().err
+
+
+def test_eval_cli_on_bfcl_reports_per_category_rows(tiny_model, tmp_path):
+    """BFCL through the eval CLI: a row per category played. The tiny model's 256-token prompt
+    budget is far below BFCL's prompts, so every episode ends as truncated: the rate says so."""
+    pytest.importorskip("bfcl_eval")
+    out = tmp_path / "bfcl"
+    assert main([
+        "eval", "--env", "bfcl", "--categories", "multi_turn_base,multi_turn_miss_param", "--model", str(tiny_model),
+        "--episodes", "3", "--model-config", "max_prompt_tokens=256", "--env-config", "doc_format=compact",
+        "--output-dir", str(out),
+    ]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["group_by"] == "category" and report["num_episodes"] == 3
+    assert report["truncation_rate"] == 1.0 and report["success_rate"] == 0.0
+    assert sum(g["num_episodes"] for g in report["groups"].values()) == 3
+    table = (out / "eval.md").read_text()
+    assert all(f"| {category} |" in table for category in report["groups"])
