@@ -84,6 +84,8 @@ def test_splits_are_disjoint_deterministic_and_keep_a_scenario_in_one_split():
         e.task_ids("validation")
     with pytest.raises(ValueError, match="categories"):
         env(categories=["multi_turn_sideways"])
+    with pytest.raises(ValueError, match="not a BFCL multi-turn entry id"):
+        env(ids=["multi_turn_base_200"])
     with pytest.raises(ValueError, match="not in the chosen categories"):
         env(categories="multi_turn_base", ids=["multi_turn_miss_func_0"])
 

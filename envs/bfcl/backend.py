@@ -103,7 +103,7 @@ class Entry:
 
 def _category_of(entry_id: str) -> str:
     category, _, number = entry_id.rpartition("_")
-    if category not in CATEGORIES or not number.isdigit():
+    if category not in CATEGORIES or not number.isdigit() or int(number) >= ENTRIES_PER_CATEGORY:
         raise ValueError(f"not a BFCL multi-turn entry id: {entry_id!r}; expected '<category>_<N>' with category in {CATEGORIES}")
     return category
 

@@ -55,9 +55,6 @@ from pettingzoo.utils import AgentSelector
 from envs.bfcl import backend, prompts
 from envs.text import AnyText, TextObservation, as_text, encode_messages
 
-BFCL_STEP_LIMIT = 20  # bfcl_eval.constants.default_prompts.MAXIMUM_STEP_LIMIT (checked on load)
-
-
 class raw_env(AECEnv):
     """PettingZoo AEC env over BFCL v4 multi-turn entries (see the module docstring).
 
@@ -66,7 +63,8 @@ class raw_env(AECEnv):
         ids: restrict the entries (both splits) to these ids.
         test_fraction: share of the 200 scenarios in the test split.
         max_turns: model responses per episode (agents ``turn_0..turn_{max_turns-1}``).
-        max_steps_per_turn: steps allowed in one user turn; one more fails the entry.
+        max_steps_per_turn: steps allowed in one user turn; one more fails the entry
+            (None: bfcl's ``MAXIMUM_STEP_LIMIT``, 20).
         doc_format: ``"json"`` (BFCL's default), ``"compact"``, ``"python"`` or ``"xml"``.
         max_context_chars: budget for an observation (the JSON-encoded chat); None: none.
         max_action_chars: responses are cut to this length.
@@ -82,7 +80,7 @@ class raw_env(AECEnv):
         ids: list[str] | tuple[str, ...] | None = None,
         test_fraction: float = 0.25,
         max_turns: int = 20,
-        max_steps_per_turn: int = BFCL_STEP_LIMIT,
+        max_steps_per_turn: int | None = None,
         doc_format: str = "json",
         max_context_chars: int | None = None,
         max_action_chars: int = 8000,
@@ -95,14 +93,15 @@ class raw_env(AECEnv):
         unknown = set(categories) - set(backend.CATEGORIES)
         if unknown or not categories:
             raise ValueError(f"bfcl categories must be among {backend.CATEGORIES}, got {list(categories)}")
+        b = backend.bfcl()  # fails here, with the install command, when bfcl-eval is missing
+        if max_steps_per_turn is None:
+            max_steps_per_turn = b.prompts.MAXIMUM_STEP_LIMIT
         if max_turns < 1 or max_steps_per_turn < 1:
             raise ValueError(f"bfcl max_turns and max_steps_per_turn must be >= 1, got {max_turns}, {max_steps_per_turn}")
         if doc_format not in prompts.DOC_FORMATS:
             raise ValueError(f"bfcl doc_format must be one of {prompts.DOC_FORMATS}, got {doc_format!r}")
         if max_context_chars is not None and max_context_chars < 1:
             raise ValueError(f"bfcl max_context_chars must be >= 1 or None, got {max_context_chars}")
-        b = backend.bfcl()  # fails here, with the install command, when bfcl-eval is missing
-        assert b.prompts.MAXIMUM_STEP_LIMIT == BFCL_STEP_LIMIT, "bfcl-eval changed its step limit"
         self.categories = categories
         self.ids = None if ids is None else tuple(ids)
         for entry_id in self.ids or ():
@@ -122,7 +121,8 @@ class raw_env(AECEnv):
         self.render_mode = render_mode
         self.possible_agents = [f"turn_{k}" for k in range(max_turns)]
         self._action_space = AnyText(max_action_chars)
-        self._observation_space = AnyText(max_context_chars or 10**8)
+        # Not max_context_chars: an over-budget first observation is still shown once.
+        self._observation_space = AnyText(10**8)
         self._rng = np.random.default_rng()
         self._prefix = ""
         self.entry: backend.Entry | None = None
