@@ -17,6 +17,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import json
 import os
 import re
 import types
@@ -127,8 +128,6 @@ def load_category(category: str) -> dict[str, Entry]:
 
 
 def _doc_key(doc: dict) -> str:
-    import json
-
     return json.dumps(doc, sort_keys=True)
 
 
