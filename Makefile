@@ -57,7 +57,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	touch $@
 
 test-vllm: setup-vllm
-	$(VLLM_PY) -m pytest -q -m "" tests/test_vllm_engine.py
+	VLLM_LOGGING_LEVEL=WARNING $(VLLM_PY) -m pytest -q -m "" tests/test_vllm_engine.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) results

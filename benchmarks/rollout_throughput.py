@@ -91,10 +91,16 @@ def main() -> None:
             print(f"{engine:12s} {mode:14s} {seconds:7.1f} s  {figures[engine][mode]['episodes_per_s']:.3f} episodes/s  "
                   f"{figures[engine][mode]['tokens_per_s']:.1f} tokens/s  success {result['success_rate']:.2f}", flush=True)
         if module._vllm is not None:
+            # What every training iteration adds: the synced weights reloaded into the engine.
+            module.weights_version += 1
+            start = time.perf_counter()
+            module.vllm_engine().sync_weights()
+            figures[engine]["weight_sync_s"] = time.perf_counter() - start
+            print(f"{engine}: weight sync {figures[engine]['weight_sync_s']:.2f} s", flush=True)
             module._vllm.close()
     speedups = {}
     for engine, runs in figures.items():
-        if len(runs) == 2:
+        if "batched" in runs and "one_at_a_time" in runs:
             speedups[f"{engine}_batched_over_one_at_a_time"] = runs["one_at_a_time"]["seconds"] / runs["batched"]["seconds"]
     if "transformers" in figures and "vllm" in figures:
         for mode in set(figures["transformers"]) & set(figures["vllm"]):

@@ -137,11 +137,11 @@ def test_vllm_engine_in_a_seeupo_iteration_tracks_the_learner_weights(vllm_model
         out = module._forward_exploration({"obs": np.array(observations, dtype=object)})
         return module.weights_version, {k: list(out[k]) for k in (PROMPT_IDS, RESPONSE_IDS, BEHAVIOUR_LOGP)}
 
+    local = num_env_runners == 0
     algo = config.build_algo()
     try:
         result = algo.train()  # samples with vLLM, updates, syncs the adapter
         assert result["rollouts"]["num_rollouts"] == 4
-        local = num_env_runners == 0
         [(version, out)] = algo.env_runner_group.foreach_env_runner(
             sample_and_record, local_env_runner=local, remote_worker_ids=None if local else [1]
         )
@@ -149,4 +149,7 @@ def test_vllm_engine_in_a_seeupo_iteration_tracks_the_learner_weights(vllm_model
         learner_module = algo.learner_group._learner.module[SHARED_MODULE_ID]
         assert _max_gap(learner_module, _batch(out)) < TOLERANCE
     finally:
+        engine = algo.env_runner.module[SHARED_MODULE_ID]._vllm if local else None
+        if engine is not None:  # the driver's engine; an actor's ends with the actor
+            engine.close()
         algo.stop()
