@@ -11,6 +11,9 @@
         lr: 0.05
         group_size: 8
 
+A variant can start from another file: ``base: main.yaml`` takes that file's settings,
+then its own keys are applied as a merge patch (``null`` removes a key of the base).
+
 Every key under ``config`` must be a setting of the algorithm's config class (unknown keys
 are an error naming the key). Besides those, ``module_class`` (a dotted path),
 ``model_config`` (a dict for the RLModule) and ``callbacks`` (a dotted path) are accepted.
@@ -139,14 +142,44 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, yaml.safe_load(raw)
 
 
-def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
-    """Read a tuned-example YAML (one experiment) and apply ``--set`` overrides."""
+def _read_spec(path: Path, seen: tuple[Path, ...] = ()) -> tuple[str, dict[str, Any]]:
+    """The experiment name and settings of one YAML file, with its ``base`` merged in."""
+    path = Path(path)
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: 'base' files form a cycle")
     with open(path) as f:
         document = yaml.safe_load(f)
     if not isinstance(document, dict) or len(document) != 1:
         raise ValueError(f"{path}: expected exactly one experiment (a mapping name -> settings)")
     (name, spec), = document.items()
     spec = copy.deepcopy(spec or {})
+    if "base" in spec:
+        _, base = _read_spec(path.parent / spec.pop("base"), (*seen, path.resolve()))
+        spec = merge_patch(base, spec)
+    return name, spec
+
+
+def merge_patch(base: Any, patch: Any) -> Any:
+    """``patch`` applied to ``base`` as a JSON merge patch (RFC 7386): mappings merge key by
+    key, a ``null`` value removes the key, anything else (a search axis too) replaces."""
+    if not isinstance(patch, dict) or (len(patch) == 1 and next(iter(patch)) in SEARCH_KINDS):
+        return copy.deepcopy(patch)
+    merged = copy.deepcopy(base) if isinstance(base, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """Read a tuned-example YAML (one experiment) and apply ``--set`` overrides.
+
+    ``base: other.yaml`` (a path relative to the file) starts from that file's settings and
+    applies this file's as a merge patch (nested mappings merge, ``null`` removes a key),
+    so a variant names only what differs from its main example."""
+    name, spec = _read_spec(Path(path))
     for text in overrides:
         keys, value = parse_override(text)
         node = spec

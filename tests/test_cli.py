@@ -46,6 +46,37 @@ def test_every_variant_exists_with_the_main_examples_env_model_and_budget(env, s
                 assert experiment.config.get(key) == main_example.config.get(key), (variant, key)
 
 
+def test_baselines_on_the_embedded_env_keep_what_defines_them():
+    def built(variant):
+        return build_config(load_experiment(ROOT / "tuned_examples" / f"tool_tasks_{variant}_smollm2.yaml"))
+
+    grpo = built("grpo")
+    assert (grpo.update_order, grpo.advantage_norm, grpo.ratio_level, grpo.compound_ratio) == (
+        "parallel", "group_std", "token", "none")
+    reinforce = built("grae_reinforce")
+    assert reinforce.num_epochs_per_turn == 1 and reinforce.minibatch_size is None
+    assert reinforce.clip_param == float("inf")
+    assert built("seeupo_forward").update_order == "forward"
+
+
+def test_base_file_is_applied_as_a_merge_patch(tmp_path):
+    (tmp_path / "main.yaml").write_text(
+        "main:\n  env: seeupo/bandit\n  run: SeeUPO\n  stop: {training_iteration: 5}\n"
+        "  config:\n    env_config: {num_turns: 3, kind: needle}\n    lr: 0.1\n    kl_coeff: 0.0\n"
+    )
+    (tmp_path / "variant.yaml").write_text(
+        "variant:\n  base: main.yaml\n  run: GRPO\n"
+        "  config:\n    env_config: {num_turns: 4}\n    kl_coeff: null\n    lr: {grid_search: [0.1, 0.3]}\n"
+    )
+    experiment = load_experiment(tmp_path / "variant.yaml", ["stop.training_iteration=2"])
+    assert experiment.name == "variant" and experiment.run == "GRPO" and experiment.env == "seeupo/bandit"
+    assert experiment.config == {"env_config": {"num_turns": 4, "kind": "needle"}, "lr": {"grid_search": [0.1, 0.3]}}
+    assert experiment.stop == {"training_iteration": 2}
+    (tmp_path / "main.yaml").write_text("main:\n  base: variant.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_experiment(tmp_path / "variant.yaml")
+
+
 def test_run_ppo_gets_the_turn_agent_wiring():
     from ray.rllib.algorithms.ppo import PPOConfig
 
@@ -59,7 +90,8 @@ def test_run_ppo_gets_the_turn_agent_wiring():
     assert config._learner_connector is PadTurnColumns
     assert config.episodes_to_numpy is False and config.batch_mode == "complete_episodes"
     assert config.rl_module_spec.module_class is LLMRLModule
-    assert config.model_config["lora"]["rank"] == 16 and config.use_kl_loss is False
+    main_job = load_experiment(ROOT / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml")
+    assert config.model_config["lora"] == main_job.config["model_config"]["lora"] and config.use_kl_loss is False
 
 
 def test_sampled_search_values_become_tune_domains(tmp_path):

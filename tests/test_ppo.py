@@ -128,3 +128,40 @@ def test_ppo_trains_the_tabular_module_on_the_bandit(ray_session):
         assert ratios[-1] > ratios[0] + 0.2 and ratios[-1] > 0.8, ratios
     finally:
         algo.stop()
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_value_loss_reaches_the_llm_only_with_vf_share_layers(tiny_model, share):
+    import numpy as np
+    from envs.text import AnyText
+    from envs.tool_tasks import env as tool_env
+    from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS
+    from rllib_seeupo.modules.api import BEHAVIOUR_LOGP
+
+    module = LLMRLModule(
+        observation_space=AnyText(10**6), action_space=AnyText(4000),
+        model_config={"model": tiny_model, "max_new_tokens": 6, "lora": {"rank": 4, "init": False}, "vf_share_layers": share},
+    )
+    e, observations = tool_env(), []
+    for task in range(4):
+        e.reset(options={"task_id": task})
+        observations.append(e.observe("turn_0"))
+    torch.manual_seed(0)
+    sampled = module._forward_exploration({Columns.OBS: np.array(observations, dtype=object)})
+    rows = [{k: sampled[k][i] for k in (PROMPT_IDS, RESPONSE_IDS, BEHAVIOUR_LOGP)} for i in range(4)]
+    batch = {k: torch.as_tensor(v) for k, v in LLMRLModule.collate_turn_rows(rows).items()}
+    batch[Columns.LOSS_MASK] = torch.tensor([True, True, False, True])
+    out = module.forward_train(batch)
+    dist = out[Columns.ACTION_DIST_INPUTS]
+    # The row the loss masks out is not run (zeros); the others carry the sampled log-probs.
+    assert torch.equal(dist[2], torch.zeros(2)) and torch.equal(out[Columns.EMBEDDINGS][2], torch.zeros_like(out[Columns.EMBEDDINGS][2]))
+    kept = torch.tensor([0, 1, 3])
+    assert torch.allclose(dist[kept, 0], torch.as_tensor(sampled[Columns.ACTION_LOGP])[kept], atol=1e-3)
+    assert (dist[kept, 1] > 0).all()  # mean per-token entropy
+    with torch.no_grad():
+        module.value_head.weight.normal_()  # zero-initialised: no gradient would reach the LLM
+    (module.compute_values(batch, embeddings=out[Columns.EMBEDDINGS])[kept] - 1.0).pow(2).sum().backward()
+    assert module.value_head.weight.grad.abs().sum() > 0
+    lora_grads = [p.grad for n, p in module.named_parameters() if "lora_" in n]
+    reached = any(g is not None and g.abs().sum() > 0 for g in lora_grads)
+    assert reached == share
