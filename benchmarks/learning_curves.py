@@ -1,0 +1,273 @@
+"""Learning curves of several algorithms x seeds at an equal budget of env steps.
+
+Every run is a tuned example (``tuned_examples/<env>_<algorithm>[_<model>].yaml``) trained
+in this process by the CLI's own loop (``rllib_seeupo.cli.train_in_process``) until it has
+sampled ``--budget`` env steps, with ``seed=<k>`` (and ``env_config.seed=<k>`` where the
+example's env has a seed: the same instances for every algorithm, a different one per
+seed). Each finished run is stored as ``OUT/<env>/<algorithm>_seed<k>.json`` and never redone
+(delete the file to redo it); then the script draws ``OUT/<env>/learning_curves.png`` (mean
+and range over seeds per algorithm over env steps) and writes ``OUT/<env>/table.md``: final
+value (mean +- std), area under the curve (the curve's mean over env steps) and the number
+of runs that collapsed (fell below half of their best value so far).
+
+The curve is J/J* (``optimality_ratio``, exact) on the bandit and the success rate of the
+training episodes (``rollouts/success_rate``; ``reward_mean`` where an algorithm does not
+report it) on the embedded env.
+
+    python benchmarks/learning_curves.py --env bandit --set env_config.num_turns=4
+    python benchmarks/learning_curves.py --env tool_tasks --algorithms seeupo grpo --budget 480
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNED = ROOT / "tuned_examples"
+ENVS = {
+    # env -> (tuned-example glob, suffix to strip from the stem, curve metric, default budget)
+    "bandit": ("bandit_*.yaml", "", "optimality_ratio", 15360),
+    "tool_tasks": ("tool_tasks_*_smollm2.yaml", "_smollm2", "rollouts/success_rate", 480),
+}
+FALLBACK_METRIC = "reward_mean"
+MAIN = "seeupo"  # drawn first and in every panel
+
+
+def tuned_examples(env: str) -> dict[str, Path]:
+    """``{algorithm label: YAML}`` for ``env``: every single-run example (no search space)."""
+    from rllib_seeupo.experiment import load_experiment
+
+    pattern, suffix, _, _ = ENVS[env]
+    found = {}
+    for path in sorted(TUNED.glob(pattern)):
+        label = path.stem.removeprefix(f"{env}_").removesuffix(suffix)
+        if not load_experiment(path).has_search_space():
+            found[label] = path
+    return dict(sorted(found.items(), key=lambda item: (item[0] != MAIN, not item[0].startswith(MAIN), item[0])))
+
+
+def run_overrides(path: Path, seed: int, extra: list[str]) -> list[str]:
+    from rllib_seeupo.experiment import load_experiment
+
+    overrides = [f"seed={seed}"]
+    if "seed" in (load_experiment(path).config.get("env_config") or {}):
+        overrides.append(f"env_config.seed={seed}")
+    return overrides + list(extra)
+
+
+def split_label(label: str) -> tuple[str, list[str]]:
+    """``"seeupo_parallel@num_epochs_per_turn=4"`` -> the tuned example's label and the
+    overrides of this variant of it."""
+    base, *overrides = label.split("@")
+    return base, overrides
+
+
+def curve_of(records: list[dict[str, float]], metric: str) -> tuple[list[list[float]], str]:
+    """``[[env_steps, value], ...]`` per iteration, and the metric actually used."""
+    if not any(metric in r for r in records):
+        metric = FALLBACK_METRIC
+    return [[r["env_steps"], r[metric]] for r in records if metric in r and "env_steps" in r], metric
+
+
+def train_run(label: str, path: Path, seed: int, overrides: list[str], args, run_dir: Path) -> dict:
+    """Train one tuned example until ``args.budget`` env steps; the run's record."""
+    from rllib_seeupo.cli import train_in_process
+    from rllib_seeupo.experiment import load_experiment
+
+    experiment = load_experiment(path, overrides)
+    experiment.stop = {"env_steps": args.budget}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The CLI's per-iteration lines go to the run's own log.
+    with open(run_dir / "train.log", "w") as log, contextlib.redirect_stdout(log):
+        run = train_in_process(experiment, run_dir)
+    curve, metric = curve_of(run["iterations"], args.metric)
+    return {
+        "algorithm": label, "run": experiment.run, "env": experiment.env, "seed": seed,
+        "config_file": str(path.relative_to(ROOT)), "overrides": overrides, "budget": args.budget,
+        "metric": metric, "curve": curve, "final": run["final"], "wall_time_s": run["wall_time_s"],
+        "iterations": run["iterations"],
+    }
+
+
+def summarise(curve: list[list[float]], budget: int) -> dict[str, float]:
+    """Final value, area under the curve (its mean over env steps, trapezoidal, from the
+    first iteration up to the budget) and whether the run collapsed."""
+    xs = [min(x, budget) for x, _ in curve]
+    ys = [y for _, y in curve]
+    if len(xs) > 1 and xs[-1] > xs[0]:
+        area = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1)) / (xs[-1] - xs[0])
+    else:
+        area = ys[-1]
+    best, collapsed = -math.inf, False
+    for y in ys:
+        best = max(best, y)
+        collapsed |= best > 0 and y < best / 2
+    return {"final": ys[-1], "auc": area, "best": max(ys), "collapsed": collapsed}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
+    metric = {r["metric"] for rs in runs.values() for r in rs}
+    held_out = any("eval_success_after" in r["final"] for rs in runs.values() for r in rs)
+    lines = [
+        f"{env}: {', '.join(sorted(metric))} at a budget of {args.budget} env steps, seeds {args.seeds} "
+        "(mean +- std over seeds; per seed in brackets)",
+        "",
+        "| algorithm | runs | final | area under curve | collapses | best | wall s / run |"
+        + (" held-out success before -> after |" if held_out else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if held_out else ""),
+    ]
+    for label, rs in runs.items():
+        stats = [summarise(r["curve"], args.budget) for r in rs]
+        final, auc, best = (_mean_std([s[k] for s in stats]) for k in ("final", "auc", "best"))
+        wall = sum(r["wall_time_s"] for r in rs) / len(rs)
+        per_seed = ", ".join(f"{st['final']:.2f}" for st in stats)
+        row = (
+            f"| {label} | {len(rs)} | {final[0]:.3f} +- {final[1]:.3f} [{per_seed}] | "
+            f"{auc[0]:.3f} +- {auc[1]:.3f} | "
+            f"{sum(s['collapsed'] for s in stats)}/{len(rs)} | {best[0]:.3f} | {wall:.0f} |"
+        )
+        if held_out:
+            before = [r["final"].get("eval_success_before") for r in rs]
+            after = [r["final"].get("eval_success_after") for r in rs]
+            if None in before or None in after:
+                row += " - |"
+            else:
+                (b, _), (a, a_std) = _mean_std(before), _mean_std(after)
+                row += f" {b:.3f} -> {a:.3f} +- {a_std:.3f} |"
+        lines.append(row)
+    lines += [
+        "",
+        "final: the value at the last iteration (the first to reach the budget); area under curve: the "
+        "curve's mean over env steps; collapses: runs whose value fell below half of their best so far; "
+        "best: the best value of each run, averaged.",
+    ]
+    table = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(table)
+    return table
+
+
+def plot(env: str, runs: dict[str, list[dict]], args, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ablations = [label for label in runs if label.startswith(MAIN)]
+    others = [label for label in runs if not label.startswith(MAIN)]
+    panels = [("SeeUPO and its ablations", ablations)]
+    if others:
+        panels.append(("SeeUPO and the baselines", [MAIN] * (MAIN in runs) + others))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 6.0), squeeze=False, sharey=True)
+    metric = ", ".join(sorted({r["metric"] for rs in runs.values() for r in rs}))
+    for ax, (title, labels) in zip(axes[0], panels):
+        colours = (f"C{i}" for i in itertools.count())
+        for label in labels:
+            curves = [np.asarray(r["curve"], dtype=float) for r in runs[label]]
+            start = max(c[0, 0] for c in curves)
+            grid = np.linspace(start, max(args.budget, start), 100)
+            ys = np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
+            colour = "black" if label == MAIN else next(colours)
+            style = "-" if label == MAIN or int(colour[1:]) < 10 else "--"
+            ax.plot(grid, ys.mean(0), style, color=colour, label=f"{label} ({len(curves)})",
+                    linewidth=2.2 if label == MAIN else 1.3)
+            ax.fill_between(grid, ys.min(0), ys.max(0), color=colour, alpha=0.08)
+        ax.set_title(title)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    axes[0][0].set_ylabel(metric)
+    fig.suptitle(f"{env}: mean over seeds {args.seeds} (line) and their range (band), "
+                 f"{args.budget} env steps per run", fontsize=10)
+    fig.tight_layout()
+    path = out / "learning_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", choices=sorted(ENVS), default="bandit")
+    parser.add_argument("--algorithms", nargs="+", default=None, help="labels of tuned examples (default: all of the "
+                        "env); LABEL@KEY=VALUE[@KEY=VALUE] is a variant of one with its own overrides")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, default=None, help="env steps per run (default: bandit 15360, tool_tasks 480)")
+    parser.add_argument("--metric", default=None, help="the curve's metric (default: the env's)")
+    parser.add_argument("--model", default=None, help="LLM envs: model_config.model for every run ('tiny': a random "
+                        "tiny model built locally, for a quick check of the pipeline)")
+    parser.add_argument("--set", action="append", default=[], help="override for every run, as in the CLI")
+    parser.add_argument("--out", default="results/learning_curves")
+    parser.add_argument("--list", action="store_true", help="print the algorithms found and exit")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: plot and tabulate the finished runs")
+    args = parser.parse_args()
+    _, _, default_metric, default_budget = ENVS[args.env]
+    args.budget = args.budget or default_budget
+    args.metric = args.metric or default_metric
+
+    examples = tuned_examples(args.env)
+    if args.list:
+        for label, path in examples.items():
+            print(f"{label:24s} {path.relative_to(ROOT)}")
+        return
+    labels = args.algorithms or list(examples)
+    unknown = [label for label in labels if split_label(label)[0] not in examples]
+    if unknown:
+        parser.error(f"no tuned example for {unknown} on {args.env}; found {list(examples)}")
+    if args.model:
+        model = args.model
+        if model == "tiny":
+            import tempfile
+
+            from rllib_seeupo.llm.tiny import build_tiny_model
+
+            model = build_tiny_model(Path(tempfile.gettempdir()) / "rllib_seeupo_tiny_model")
+        args.set = [f"model_config.model={model}", *args.set]
+
+    out = Path(args.out) / args.env
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict]] = {}
+    start = time.time()
+    for label in labels:
+        for seed in args.seeds:
+            path = out / f"{label}_seed{seed}.json"
+            base, variant = split_label(label)
+            expected = run_overrides(examples[base], seed, args.set + variant)
+            if path.exists():  # resumable: a finished run with the same settings is kept
+                record = json.loads(path.read_text())
+                if record.get("budget") == args.budget and record.get("overrides") == expected:
+                    runs.setdefault(label, []).append(record)
+                    continue
+                print(f"{path.name}: other settings than this run's" + ("" if args.report_only else ", running it again"),
+                      flush=True)
+            if args.report_only:
+                continue
+            record = train_run(label, examples[base], seed, expected, args, out / "runs" / f"{label}_seed{seed}")
+            path.write_text(json.dumps(record, indent=1))
+            runs.setdefault(label, []).append(record)
+            last = record["curve"][-1]
+            print(f"{label} seed {seed}: {record['metric']} {last[1]:.3f} at {last[0]:.0f} env steps "
+                  f"({record['wall_time_s']:.0f} s; {time.time() - start:.0f} s in all)", flush=True)
+    if not runs:
+        raise SystemExit(f"no finished runs under {out}")
+    print(f"plot: {plot(args.env, runs, args, out)}")
+    print(write_table(args.env, runs, args, out), end="")
+
+
+if __name__ == "__main__":
+    main()
