@@ -26,6 +26,7 @@ from pettingzoo.utils import AgentSelector
 
 from envs.appworld.client import AppWorldClient, AppWorldError, AppWorldServerUnreachable, claim_server
 from envs.text import AnyText, TextObservation, as_text, encode_messages
+from envs.turns import end_episode, render_chat
 
 SPLITS = ("train", "dev", "test_normal", "test_challenge")
 # The apps of appworld 0.1.3.post1 (every task may use all of them; admin is internal).
@@ -330,22 +331,11 @@ class raw_env(AECEnv):
             )
             self._close_active_task()
         self._release_server()
-        # Turns that never acted leave the episode without an observation or a reward.
-        acted = self.possible_agents[: last_turn + 1]
-        for agent in self.possible_agents[last_turn + 1 :]:
-            for d in (self.rewards, self._cumulative_rewards, self.terminations, self.truncations, self.infos):
-                d.pop(agent, None)
-        self.agents = acted
-        for agent in acted:
-            self.rewards[agent] = reward
-            self.terminations[agent] = not truncated
-            self.truncations[agent] = truncated
-            self.infos[agent].update(summary)
-        self.agent_selection = acted[0]
+        end_episode(self, last_turn, reward, summary, truncated=truncated)
 
     def render(self) -> str | None:
         if self.render_mode == "ansi":
-            return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages[1:])
+            return render_chat(self.messages)
         return None
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ from pettingzoo.utils import AgentSelector
 
 from envs.bfcl import backend, prompts
 from envs.text import AnyText, TextObservation, as_text, encode_messages
+from envs.turns import end_episode, render_chat
 
 class raw_env(AECEnv):
     """PettingZoo AEC env over BFCL v4 multi-turn entries (see the module docstring).
@@ -261,12 +262,6 @@ class raw_env(AECEnv):
         finally:
             self._release()
         reward = (partial if self.partial_credit else success) - self.parse_error_penalty * self.parse_errors
-        # Turns that never acted leave the episode without an observation or a reward.
-        acted = self.possible_agents[: last_turn + 1]
-        for agent in self.possible_agents[last_turn + 1 :]:
-            for d in (self.rewards, self._cumulative_rewards, self.terminations, self.truncations, self.infos):
-                d.pop(agent, None)
-        self.agents = acted
         truncated = end_reason in ("max_turns", "context_limit", "env_error")
         summary = {
             "success": success,
@@ -280,12 +275,7 @@ class raw_env(AECEnv):
         }
         if error:
             summary["env_error"] = error
-        for agent in acted:
-            self.rewards[agent] = reward
-            self.terminations[agent] = not truncated
-            self.truncations[agent] = truncated
-            self.infos[agent].update(summary)
-        self.agent_selection = acted[0]
+        end_episode(self, last_turn, reward, summary, truncated=truncated)
 
     def _release(self) -> None:
         backend.purge_instances(self._prefix)
@@ -293,7 +283,7 @@ class raw_env(AECEnv):
 
     def render(self) -> str | None:
         if self.render_mode == "ansi":
-            return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages[1:])
+            return render_chat(self.messages)
         return None
 
     def close(self) -> None:

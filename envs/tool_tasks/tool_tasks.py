@@ -27,6 +27,7 @@ from pettingzoo import AECEnv
 from pettingzoo.utils import AgentSelector
 
 from envs.text import AnyText, Call, CallSyntaxError, TextObservation, as_text, encode_messages, parse_calls
+from envs.turns import end_episode, render_chat
 
 ITEMS = ("apple", "pear", "banana", "orange", "lemon", "mango", "plum", "kiwi")
 TEST_OFFSET = 10**6
@@ -222,22 +223,12 @@ class raw_env(AECEnv):
         )
         # One team reward at the end, shared by every turn (penalties included).
         reward = float(success) - self.parse_error_penalty * self.parse_errors
-        # Turns that never acted leave the episode without an observation or a reward.
-        acted = self.possible_agents[: last_turn + 1]
-        for agent in self.possible_agents[last_turn + 1 :]:
-            for d in (self.rewards, self._cumulative_rewards, self.terminations, self.truncations, self.infos):
-                d.pop(agent, None)
-        self.agents = acted
         summary = {"success": float(success), "parse_errors": self.parse_errors, "num_turns": last_turn + 1}
-        for agent in acted:
-            self.rewards[agent] = reward
-            self.terminations[agent] = True
-            self.infos[agent].update(summary)
-        self.agent_selection = acted[0]
+        end_episode(self, last_turn, reward, summary)
 
     def render(self) -> str | None:
         if self.render_mode == "ansi":
-            return "\n".join(f"{m['role']}: {m['content']}" for m in self.messages[1:])
+            return render_chat(self.messages)
         return None
 
     def close(self) -> None:
