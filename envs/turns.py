@@ -4,6 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from pettingzoo.utils import AgentSelector
+
+
+def start_episode(env: Any, info: dict[str, Any]) -> None:
+    """Start ``env``'s episode bookkeeping: every turn live with zero reward and its own copy
+    of ``info``; ``turn_0`` acts first."""
+    env.agents = list(env.possible_agents)
+    env.rewards = {a: 0.0 for a in env.agents}
+    env._cumulative_rewards = {a: 0.0 for a in env.agents}
+    env.terminations = {a: False for a in env.agents}
+    env.truncations = {a: False for a in env.agents}
+    env.infos = {a: dict(info) for a in env.agents}
+    env._agent_selector = AgentSelector(env.agents)
+    env.agent_selection = env._agent_selector.reset()
+
 
 def end_episode(env: Any, last_turn: int, reward: float, summary: dict[str, Any], *, truncated: bool = False) -> None:
     """End ``env``'s episode after turn ``last_turn``: every turn that acted receives the one

@@ -22,11 +22,10 @@ from typing import IO, Any
 import gymnasium
 import numpy as np
 from pettingzoo import AECEnv
-from pettingzoo.utils import AgentSelector
 
 from envs.appworld.client import AppWorldClient, AppWorldError, AppWorldServerUnreachable, claim_server
 from envs.text import AnyText, TextObservation, as_text, encode_messages
-from envs.turns import end_episode, render_chat
+from envs.turns import end_episode, render_chat, start_episode
 
 SPLITS = ("train", "dev", "test_normal", "test_challenge")
 # The apps of appworld 0.1.3.post1 (every task may use all of them; admin is internal).
@@ -257,16 +256,9 @@ class raw_env(AECEnv):
             {"role": "user", "content": request},
         ]
         self.parse_errors = 0
-        self.agents = list(self.possible_agents)
-        self.rewards = {a: 0.0 for a in self.agents}
-        self._cumulative_rewards = {a: 0.0 for a in self.agents}
-        self.terminations = {a: False for a in self.agents}
-        self.truncations = {a: False for a in self.agents}
-        self.infos = {a: {"task_id": self.task_id} for a in self.agents}
+        start_episode(self, {"task_id": self.task_id})
         if self.error:
             self.infos[self.agents[0]]["env_error"] = self.error
-        self._agent_selector = AgentSelector(self.agents)
-        self.agent_selection = self._agent_selector.reset()
 
     def observe(self, agent: str) -> TextObservation:
         return TextObservation(encode_messages(self.messages))

@@ -50,11 +50,10 @@ from typing import Any
 import gymnasium
 import numpy as np
 from pettingzoo import AECEnv
-from pettingzoo.utils import AgentSelector
 
 from envs.bfcl import backend, prompts
 from envs.text import AnyText, TextObservation, as_text, encode_messages
-from envs.turns import end_episode, render_chat
+from envs.turns import end_episode, render_chat, start_episode
 
 class raw_env(AECEnv):
     """PettingZoo AEC env over BFCL v4 multi-turn entries (see the module docstring).
@@ -168,15 +167,7 @@ class raw_env(AECEnv):
         self.messages = prompts.first_messages(self.entry.entry["question"][0], self.functions, self.entry.id, self.doc_format)
         self._observation: str | None = None
         self._over_budget = self._too_long()
-        self.agents = list(self.possible_agents)
-        self.rewards = {a: 0.0 for a in self.agents}
-        self._cumulative_rewards = {a: 0.0 for a in self.agents}
-        self.terminations = {a: False for a in self.agents}
-        self.truncations = {a: False for a in self.agents}
-        info = {"task_id": self.entry.id, "category": self.entry.category}
-        self.infos = {a: dict(info) for a in self.agents}
-        self._agent_selector = AgentSelector(self.agents)
-        self.agent_selection = self._agent_selector.reset()
+        start_episode(self, {"task_id": self.entry.id, "category": self.entry.category})
 
     def observe(self, agent: str) -> TextObservation:
         if self._observation is None:

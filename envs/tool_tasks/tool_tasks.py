@@ -24,10 +24,9 @@ from typing import Any
 import gymnasium
 import numpy as np
 from pettingzoo import AECEnv
-from pettingzoo.utils import AgentSelector
 
 from envs.text import AnyText, Call, CallSyntaxError, TextObservation, as_text, encode_messages, parse_calls
-from envs.turns import end_episode, render_chat
+from envs.turns import end_episode, render_chat, start_episode
 
 ITEMS = ("apple", "pear", "banana", "orange", "lemon", "mango", "plum", "kiwi")
 TEST_OFFSET = 10**6
@@ -158,14 +157,7 @@ class raw_env(AECEnv):
         ]
         self.answer: str | None = None
         self.parse_errors = 0
-        self.agents = list(self.possible_agents)
-        self.rewards = {a: 0.0 for a in self.agents}
-        self._cumulative_rewards = {a: 0.0 for a in self.agents}
-        self.terminations = {a: False for a in self.agents}
-        self.truncations = {a: False for a in self.agents}
-        self.infos = {a: {"task_id": self.task.task_id, "level": self.task.level} for a in self.agents}
-        self._agent_selector = AgentSelector(self.agents)
-        self.agent_selection = self._agent_selector.reset()
+        start_episode(self, {"task_id": self.task.task_id, "level": self.task.level})
 
     def observe(self, agent: str) -> TextObservation:
         return TextObservation(encode_messages(self.messages))
