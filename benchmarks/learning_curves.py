@@ -144,11 +144,14 @@ def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
         if held_out:
             before = [r["final"].get("eval_success_before") for r in rs]
             after = [r["final"].get("eval_success_after") for r in rs]
-            if None in before or None in after:
+            if None in after:
                 row += " - |"
             else:
-                (b, _), (a, a_std) = _mean_std(before), _mean_std(after)
-                row += f" {b:.3f} -> {a:.3f} +- {a_std:.3f} |"
+                # `evaluation.before=false` runs skip the first measurement (the same base
+                # model in every run): the column then shows the after figures alone.
+                (a, a_std) = _mean_std(after)
+                b = "-" if None in before else f"{_mean_std(before)[0]:.3f}"
+                row += f" {b} -> {a:.3f} +- {a_std:.3f} [{', '.join(f'{x:.2f}' for x in after)}] |"
         lines.append(row)
     lines += [
         "",

@@ -90,7 +90,7 @@ def _train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     checkpoint = out_dir / "checkpoint"
     evaluations = {}
     try:
-        if experiment.evaluation:
+        if experiment.evaluation and experiment.evaluation.get("before", True):
             evaluations["before"] = evaluate_algorithm(algo, experiment, "before training")
         while True:
             result = algo.train()

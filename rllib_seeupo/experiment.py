@@ -48,8 +48,9 @@ import yaml
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 TOP_LEVEL_KEYS = {"env", "run", "stop", "config", "checkpoint_freq", "num_samples", "metric", "mode", "evaluation", "torch_threads"}
-# `evaluation`: held-out success before and after training (in-process runs).
-EVALUATION_KEYS = {"split", "num_tasks", "k", "batch_size"}
+# `evaluation`: held-out success before and after training (in-process runs); `before: false`
+# skips the first measurement where it is known (the same base model in every run of a study).
+EVALUATION_KEYS = {"split", "num_tasks", "k", "batch_size", "before"}
 SPECIAL_CONFIG_KEYS = {"module_class", "model_config", "callbacks"}
 
 
@@ -192,6 +193,8 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     unknown = set(spec.get("evaluation") or {}) - EVALUATION_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown evaluation key(s) {sorted(unknown)}; allowed: {sorted(EVALUATION_KEYS)}")
+    if not isinstance((spec.get("evaluation") or {}).get("before", True), bool):
+        raise ValueError(f"{path}: evaluation.before must be true or false")
     for required in ("env", "run"):
         if required not in spec:
             raise ValueError(f"{path}: experiment {name!r} needs a {required!r} key")

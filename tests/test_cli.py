@@ -144,6 +144,10 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path):
     with pytest.raises(ValueError, match="stopp"):
         load_experiment(bad)
     assert main(["train", str(bad)]) == 2
+    main_job = ROOT / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml"
+    with pytest.raises(ValueError, match="evaluation.before"):
+        load_experiment(main_job, ["evaluation.before=sometimes"])
+    assert load_experiment(main_job, ["evaluation.before=false"]).evaluation["before"] is False
 
 
 def test_bad_value_fails_before_ray_starts(capsys):
