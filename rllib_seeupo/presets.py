@@ -94,8 +94,10 @@ def turn_agent_settings(config: AlgorithmConfig) -> AlgorithmConfig:
     way ``SeeUPOConfig`` is: every ``turn_k`` agent served by the one shared module, whole
     episodes sampled in this process (no remote env runners), episode data kept as lists
     (text observations, token ids of varying length) and the learner-connector piece that
-    pads those ids for the LLM module (it does nothing for other modules). The tabular
-    module is the default RLModule. Returns ``config``."""
+    pads those ids for the LLM module (it does nothing for other modules), and the
+    episode success rate in the results (``env_runners/success_rate``). The tabular module is
+    the default RLModule. Returns ``config``."""
+    from rllib_seeupo.callbacks import log_episode_success
     from rllib_seeupo.llm.ppo import PadTurnColumns
     from rllib_seeupo.modules.tabular import TabularSoftmaxRLModule
 
@@ -104,6 +106,8 @@ def turn_agent_settings(config: AlgorithmConfig) -> AlgorithmConfig:
     config.env_runners(num_env_runners=0, batch_mode="complete_episodes", episodes_to_numpy=False)
     config.learners(learner_connector=PadTurnColumns)
     config.rl_module(rl_module_spec=RLModuleSpec(module_class=TabularSoftmaxRLModule))
+    # A callable of its own (not a callbacks class), so a YAML's `callbacks:` keeps it.
+    config.callbacks(on_episode_end=log_episode_success)
     return config
 
 

@@ -51,6 +51,9 @@ def iteration_record(result: dict[str, Any]) -> dict[str, float]:
     if reward is not None:
         record["reward_mean"] = reward
     _flatten("rollouts", {k: v for k, v in rollouts.items() if k != "reward_mean"}, record)
+    success = _scalar(runners.get("success_rate"))
+    if "rollouts/success_rate" not in record and success is not None:
+        record["rollouts/success_rate"] = success  # RLlib's PPO: `callbacks.log_episode_success`
     _flatten("eval", result.get("eval", {}), record)
     for module_id, stats in (result.get("learners") or {}).items():
         if module_id == ALL_MODULES or not isinstance(stats, dict):

@@ -12,6 +12,7 @@ from rllib_seeupo import SHARED_MODULE_ID, ppo_config
 from rllib_seeupo.callbacks import BanditOptimality
 from rllib_seeupo.llm.module import LLMRLModule
 from rllib_seeupo.modules.distributions import ResponseDistribution
+from rllib_seeupo.reporting import iteration_record
 
 BANDIT = {"num_turns": 3, "num_actions": 3, "num_contexts": 1, "kind": "needle", "observation": "full", "seed": 0}
 PPO_LEARNER_METRICS = ("policy_loss", "vf_loss", "vf_explained_var", "entropy", "mean_kl_loss", "total_loss")
@@ -85,6 +86,8 @@ def test_ppo_trains_the_llm_module_with_lora(ray_session, tiny_model, tmp_path):
         for key in PPO_LEARNER_METRICS:
             assert key in stats, key
         assert stats["vf_loss"] > 0
+        # The episode success rate, as SeeUPO reports it (the random model never succeeds).
+        assert iteration_record(result)["rollouts/success_rate"] == 0.0
         after = {n: p.detach().clone() for n, p in module.named_parameters()}
         for name in before:
             changed = not torch.equal(before[name], after[name])
