@@ -158,3 +158,35 @@ def test_shared_prompt_head_is_exact_for_logp_and_gradients(tiny_model):
     assert torch.where(mask, (logps[True] - logps[False]).abs(), 0).max() < 1e-5
     assert torch.where(mask, (logps[True] - batch[BEHAVIOUR_LOGP]).abs(), 0).max() < 1e-4
     assert ((grads[True] - grads[False]).norm() / grads[False].norm()) < 1e-4
+
+
+def test_batched_decoding_matches_transformers_generate_row_by_row(tiny_model):
+    """Dropping finished rows from the batch changes no token: the greedy responses of a
+    batch of prompts of different lengths equal transformers' ``generate`` on each prompt
+    alone, with the same log-probs; a single sampled row draws the same tokens as
+    ``generate`` from the same seed."""
+    module = _module(tiny_model, stop_strings=[])
+    prompts = [module.encode_prompt(o) for o in _observations(6)]
+    prompts[1] = prompts[1][:-3]  # a shorter prompt: left padding inside the batch
+    # A random model's greedy text rarely holds "]": stop at the first two tokens of the
+    # row that starts least like the others, so that row leaves the batch early.
+    greedy = [r["response_ids"].tolist() for r in module.generate(prompts, sample=False)]
+    rarest = min(range(len(greedy)), key=lambda i: [g[0] for g in greedy].count(greedy[i][0]))
+    module.settings["stop_strings"] = [module.tokenizer.decode(greedy[rarest][:2])]
+    batched = module.generate(prompts, sample=False)
+    assert len({len(r["response_ids"]) for r in batched}) > 1, "want rows that end at different steps"
+    max_new = GENERATION["max_new_tokens"]
+    for prompt, row in zip(prompts, batched):
+        # Run to max_new_tokens, then cut at the response's first stop string.
+        out = module.model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=max_new, do_sample=False)
+        alone = out[0, len(prompt) :].tolist()
+        assert row["response_ids"].tolist() == alone[: module._response_length(alone)]
+        logits = module.model(input_ids=torch.tensor([prompt + alone])).logits[0, len(prompt) - 1 : -1]
+        expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(alone)[:, None]).squeeze(-1)
+        np.testing.assert_allclose(row["response_logp"], expected[: len(row["response_ids"])].detach().numpy(), atol=1e-4)
+    module.settings["stop_strings"] = []
+    torch.manual_seed(1)
+    sampled = module.generate(prompts[:1], sample=True)[0]["response_ids"].tolist()
+    torch.manual_seed(1)
+    out = module.model.generate(input_ids=torch.tensor(prompts[:1]), max_new_tokens=max_new, do_sample=True, temperature=1.0, top_k=0)
+    assert sampled == out[0, len(prompts[0]) :].tolist()

@@ -158,62 +158,85 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         """
         if self.settings["engine"] == "vllm":
             return self.vllm_engine().generate(prompts, sample=sample)
-        s = self.settings
         if not prompts:
             return []
+        responses, logps = self._decode(prompts, sample=sample)
+        return [
+            {
+                "response_ids": np.asarray(ids, dtype=np.int64),
+                "response_logp": np.asarray(lp, dtype=np.float32),
+                "text": self.settings["response_prefix"] + self.tokenizer.decode(ids, skip_special_tokens=True),
+            }
+            for ids, lp in zip(responses, logps)
+        ]
+
+    def _decode(self, prompts: list[list[int]], *, sample: bool) -> tuple[list[list[int]], list[list[float]]]:
+        """Batched decoding that drops a row from the batch as soon as its response ends.
+
+        transformers' ``generate`` keeps every row until the longest response ends; on a
+        batch of tool calls most rows stop after a few tokens, so most of its decode steps
+        went into padding. Sampling follows ``generate`` (logits / T, then top-p, then a
+        multinomial draw; greedy: argmax of the logits), and each response ends with its
+        first eos or with the token that completes a stop string.
+
+        Returns per prompt the response ids and their log-probs under ``softmax(logits / T)``.
+        """
+        from transformers import TopPLogitsWarper
+
+        s = self.settings
+        temperature, top_p = s["temperature"], s["top_p"]
+        eos, stops = self.tokenizer.eos_token_id, s["stop_strings"]
         device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id
         # Layout per row: [shared head | left padding | rest of the prompt]; positions count
         # real tokens only, so every row sees exactly its own prompt.
         shared, rest = self._split_shared_head(prompts)
         cache = self._head_cache(self.model, prompts[0][:shared], len(prompts), device) if shared else None
-        rest_ids, rest_mask = _left_pad(rest, pad)
-        width = shared + rest_ids.shape[1]
-        head = torch.tensor([prompts[0][:shared]], dtype=torch.long).expand(len(prompts), shared)
-        input_ids = torch.cat([head, rest_ids], dim=1)
-        attention = torch.cat([torch.ones_like(head), rest_mask.long()], dim=1)
-        kwargs = {"do_sample": True, "temperature": s["temperature"], "top_p": s["top_p"], "top_k": 0} if sample else {"do_sample": False}
-        if s["stop_strings"]:
-            kwargs["stopping_criteria"] = self._stop_criterion()
-        if cache is not None:
-            kwargs["past_key_values"] = cache
-        out = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            max_new_tokens=s["max_new_tokens"],
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=pad,
-            **kwargs,
+        rest_ids, rest_mask = _left_pad(rest, self.tokenizer.pad_token_id)
+        attention = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long), rest_mask.long()], dim=1).to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=rest_ids.to(device),
+            attention_mask=attention,
+            position_ids=positions[:, shared:],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
-        generated = out.sequences[:, width:].cpu()
-        logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, L, V) raw logits
-        logp_all = torch.log_softmax(logits / s["temperature"], dim=-1)
-        token_logp = logp_all.gather(-1, generated[..., None]).squeeze(-1)
-        results = []
-        for i in range(len(prompts)):
-            ids = generated[i].tolist()
-            length = self._response_length(ids)
-            response = ids[:length]
-            text = self.tokenizer.decode(response, skip_special_tokens=True)
-            results.append(
-                {
-                    "response_ids": np.asarray(response, dtype=np.int64),
-                    "response_logp": token_logp[i, :length].numpy().astype(np.float32),
-                    "text": s["response_prefix"] + text,
-                }
-            )
-        return results
-
-    def _stop_criterion(self):
-        """Built once per module: transformers' stop-string matcher reads the whole vocabulary
-        when it is made, which ``generate(stop_strings=...)`` would redo on every call."""
-        from transformers import StoppingCriteriaList, StopStringCriteria
-
-        stops = tuple(self.settings["stop_strings"])
-        if getattr(self, "_stop", (None, None))[0] != stops:
-            self._stop = (stops, StoppingCriteriaList([StopStringCriteria(self.tokenizer, list(stops))]))
-        return self._stop[1]
+        cache, logits, next_position = out.past_key_values, out.logits[:, -1], positions[:, -1] + 1
+        rows = torch.arange(len(prompts), device=device)  # the prompt index of each live row
+        responses = [[] for _ in prompts]
+        logps = [[] for _ in prompts]
+        for step in range(s["max_new_tokens"]):
+            scaled = logits.float() / temperature
+            if sample:
+                warped = TopPLogitsWarper(top_p)(None, scaled) if top_p < 1.0 else scaled
+                tokens = torch.multinomial(warped.softmax(-1), 1).squeeze(-1)
+            else:
+                tokens = logits.argmax(-1)
+            token_logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+            live = []
+            for j, (i, token, lp) in enumerate(zip(rows.tolist(), tokens.tolist(), token_logp.tolist())):
+                responses[i].append(token)
+                logps[i].append(lp)
+                ended = token == eos or (stops and any(stop in self.tokenizer.decode(responses[i]) for stop in stops))
+                if not ended:
+                    live.append(j)
+            if not live or step == s["max_new_tokens"] - 1:
+                break
+            if len(live) < len(rows):
+                keep = torch.tensor(live, device=device)
+                cache.batch_select_indices(keep)
+                rows, tokens, attention, next_position = rows[keep], tokens[keep], attention[keep], next_position[keep]
+            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+            logits = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=attention,
+                position_ids=next_position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            ).logits[:, -1]
+            next_position = next_position + 1
+        return responses, logps
 
     def _split_shared_head(self, prompts: list[list[int]]) -> tuple[int, list[list[int]]]:
         """The length of the head all prompts share, worth encoding once (0: none), and
