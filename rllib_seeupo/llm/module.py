@@ -258,7 +258,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
 
     def _response_length(self, ids: list[int]) -> int:
         """Tokens up to and including the first eos or the token completing a stop string
-        (after that, generate only pads)."""
+        (vLLM's responses; the transformers decode loop stops there itself)."""
         eos = self.tokenizer.eos_token_id
         length = ids.index(eos) + 1 if eos in ids else len(ids)
         stops = self.settings["stop_strings"]
