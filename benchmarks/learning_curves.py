@@ -15,7 +15,8 @@ training episodes (``rollouts/success_rate``; ``reward_mean`` where an algorithm
 report it) on the embedded env.
 
     python benchmarks/learning_curves.py --env bandit --set env_config.num_turns=4
-    python benchmarks/learning_curves.py --env tool_tasks --algorithms seeupo grpo --budget 480
+    python benchmarks/learning_curves.py --env tool_tasks --algorithms seeupo grpo ppo --budget 370 \
+        --set torch_threads=1 --set evaluation.before=false
 """
 
 from __future__ import annotations
