@@ -29,7 +29,7 @@ from rllib_seeupo.config import SeeUPOConfig
 from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, OLD_LOGP, TURN, turn_metrics_key
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.objectives import CompoundRatio, UpdateOrder
-from rllib_seeupo.turn_env import SHARED_MODULE_ID, TurnAgentEnv, turn_index
+from rllib_seeupo.turn_env import SHARED_MODULE_ID, TurnAgentEnv, final_info, turn_index
 
 ROLLOUTS = "rollouts"  # metrics key of the rollout/grouping statistics
 # Phases of `update_policy` timed on the algorithm side (seconds, summed over the turns).
@@ -82,7 +82,7 @@ def _sample_scheduled(env_runner, schedules: dict[int, list]):
 
 
 def _to_rollout(episode) -> Rollout | None:
-    turns, returns, task_id, info = {}, [], None, {}
+    turns, returns, task_id = {}, [], None
     for agent_id, agent_episode in episode.agent_episodes.items():
         if len(agent_episode) == 0:
             continue
@@ -96,9 +96,9 @@ def _to_rollout(episode) -> Rollout | None:
         turns[k] = row
         returns.append(float(np.sum(agent_episode.get_rewards())))
         task_id = agent_episode.get_infos(0).get("task_id", task_id)
-        info.update(agent_episode.get_infos(-1))
     if not turns:
         return None
+    info = final_info(episode)
     # Every turn shares the rollout's reward; the mean keeps a per-turn penalty counted once.
     return Rollout(episode.id_, task_id, float(np.mean(returns)), turns, info, bool(episode.is_truncated))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
-from rllib_seeupo.turn_env import SHARED_MODULE_ID
+from rllib_seeupo.turn_env import SHARED_MODULE_ID, final_info
 
 
 class BanditOptimality(RLlibCallback):
@@ -23,10 +23,7 @@ def log_episode_success(*, episode, metrics_logger=None, **kwargs) -> None:
     """``on_episode_end`` for RLlib's own algorithms (PPO) on a turn-as-agent env: logs the
     ``success`` of the episode's last infos, so that ``env_runners/success_rate`` is the
     iteration's success rate, the figure SeeUPO reports as ``rollouts/success_rate``."""
-    info = {}
-    for agent_episode in episode.agent_episodes.values():
-        if len(agent_episode):
-            info.update(agent_episode.get_infos(-1))
+    info = final_info(episode)
     if "success" in info and metrics_logger is not None:
         # A plain mean is reset at every reduce: one value per training iteration.
         metrics_logger.log_value("success_rate", float(info["success"]), reduce="mean")

@@ -108,6 +108,16 @@ class TurnAgentEnv(PettingZooEnv):
         return self.env.unwrapped.task_ids(split)
 
 
+def final_info(episode) -> dict[str, Any]:
+    """The infos of a finished ``MultiAgentEpisode``'s last step, merged over its turn
+    agents (the env's outcome: ``success``, ``parse_errors``, ...)."""
+    info: dict[str, Any] = {}
+    for agent_episode in episode.agent_episodes.values():
+        if len(agent_episode):
+            info.update(agent_episode.get_infos(-1))
+    return info
+
+
 def make_turn_env(name: str, env_config: dict | None = None) -> TurnAgentEnv:
     """Build ``envs.<name>.env(**env_config)`` wrapped for RLlib."""
     module = importlib.import_module(f"envs.{name}")
