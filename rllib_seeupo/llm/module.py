@@ -184,7 +184,8 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         from transformers import TopPLogitsWarper
 
         s = self.settings
-        temperature, top_p = s["temperature"], s["top_p"]
+        temperature = s["temperature"]
+        top_p = TopPLogitsWarper(s["top_p"]) if sample and s["top_p"] < 1.0 else None
         eos, stops = self.tokenizer.eos_token_id, s["stop_strings"]
         device = next(self.model.parameters()).device
         # Layout per row: [shared head | left padding | rest of the prompt]; positions count
@@ -209,7 +210,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         for step in range(s["max_new_tokens"]):
             scaled = logits.float() / temperature
             if sample:
-                warped = TopPLogitsWarper(top_p)(None, scaled) if top_p < 1.0 else scaled
+                warped = top_p(None, scaled) if top_p is not None else scaled
                 tokens = torch.multinomial(warped.softmax(-1), 1).squeeze(-1)
             else:
                 tokens = logits.argmax(-1)
