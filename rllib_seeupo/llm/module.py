@@ -44,6 +44,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.numpy import convert_to_numpy
 
 from envs.text import decode_messages
+from rllib_seeupo.llm.kv_cache import reserved_cache
 from rllib_seeupo.llm.models import resolve_model
 from rllib_seeupo.turn_env import PROMPT_TOO_LONG
 from rllib_seeupo.modules.api import (
@@ -191,8 +192,10 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         # Layout per row: [shared head | left padding | rest of the prompt]; positions count
         # real tokens only, so every row sees exactly its own prompt.
         shared, rest = self._split_shared_head(prompts)
-        cache = self._head_cache(self.model, prompts[0][:shared], len(prompts), device) if shared else None
         rest_ids, rest_mask = _left_pad(rest, self.tokenizer.pad_token_id)
+        cache = reserved_cache(self.model.config, len(prompts), shared + rest_ids.shape[1] + s["max_new_tokens"])
+        if shared:  # run once, written to every row
+            self.model(input_ids=torch.tensor([prompts[0][:shared]], device=device), past_key_values=cache, logits_to_keep=1)
         attention = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long), rest_mask.long()], dim=1).to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
@@ -253,7 +256,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
     def _head_cache(model, head: list[int], batch_size: int, device):
         """The KV cache of ``head`` (run once, batch 1), repeated for every row. The repeat
         is differentiable, so gradients of all rows flow back into the one head pass."""
-        cache = model(input_ids=torch.tensor([head], device=device), use_cache=True).past_key_values
+        cache = model(input_ids=torch.tensor([head], device=device), use_cache=True, logits_to_keep=1).past_key_values
         cache.batch_repeat_interleave(batch_size)
         return cache
 
