@@ -9,7 +9,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from envs.text import AnyText
 from envs.tool_tasks import env as tool_env
 from rllib_seeupo import SHARED_MODULE_ID, SeeUPO, SeeUPOConfig
-from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule
+from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule, _output_projection_input
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.turn_env import make_turn_env
 
@@ -160,6 +160,47 @@ def test_shared_prompt_head_is_exact_for_logp_and_gradients(tiny_model):
     assert ((grads[True] - grads[False]).norm() / grads[False].norm()) < 1e-4
 
 
+def test_packed_training_forward_equals_each_row_run_alone(tiny_model):
+    """The training forward packs a batch's rows into one sequence without padding: every
+    response log-prob, every prompt's last hidden state and the gradient equal those of each
+    row run through the model alone; a row with no response keeps only its prompt."""
+    e = tool_env()
+    observations = []
+    for task in range(5):
+        e.reset(options={"task_id": task})
+        if task % 2:
+            e.step('[get_stock(item="apple")]')
+        observations.append(e.observe(e.agent_selection))
+    module = _module(tiny_model, lora={"rank": 4, "init": False})
+    torch.manual_seed(0)
+    out = module._forward_exploration({"obs": np.array(observations, dtype=object)})
+    rows = [{PROMPT_IDS: out[PROMPT_IDS][i], RESPONSE_IDS: out[RESPONSE_IDS][i], BEHAVIOUR_LOGP: out[BEHAVIOUR_LOGP][i]} for i in range(5)]
+    rows[2] = {**rows[2], RESPONSE_IDS: np.zeros(0, np.int64), BEHAVIOUR_LOGP: np.zeros(0, np.float32)}
+    batch = {k: torch.as_tensor(v) for k, v in LLMRLModule.collate_turn_rows(rows).items()}
+    assert module._split_shared_head([list(r[PROMPT_IDS]) for r in rows])[0] > 0
+    params = [p for p in module.model.parameters() if p.requires_grad]
+
+    module.model.zero_grad()
+    logp, _, hidden = module._token_logp(module.model, batch, with_entropy=False)
+    torch.where(batch[RESPONSE_MASK], logp, 0).sum().backward()
+    packed_grad = torch.cat([p.grad.flatten() for p in params])
+
+    module.model.zero_grad()
+    temperature = module.settings["temperature"]
+    for i, r in enumerate(rows):
+        prompt, response = list(r[PROMPT_IDS]), list(r[RESPONSE_IDS])
+        with _output_projection_input(module.model) as captured:
+            logits = module.model(input_ids=torch.tensor([prompt + response])).logits[0]
+        torch.testing.assert_close(hidden[i], captured[-1][0, len(prompt) - 1], atol=1e-5, rtol=1e-4)
+        if response:
+            alone = torch.log_softmax(logits[len(prompt) - 1 : -1].float() / temperature, -1)
+            alone = alone.gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+            torch.testing.assert_close(logp[i, : len(response)], alone, atol=1e-5, rtol=0)
+            alone.sum().backward()
+    alone_grad = torch.cat([p.grad.flatten() for p in params])
+    assert (packed_grad - alone_grad).norm() / alone_grad.norm() < 1e-4
+
+
 def test_batched_decoding_matches_transformers_generate_row_by_row(tiny_model):
     """Dropping finished rows from the batch changes no token: the greedy responses of a
     batch of prompts of different lengths equal transformers' ``generate`` on each prompt
@@ -168,6 +209,8 @@ def test_batched_decoding_matches_transformers_generate_row_by_row(tiny_model):
     module = _module(tiny_model, stop_strings=[])
     prompts = [module.encode_prompt(o) for o in _observations(6)]
     prompts[1] = prompts[1][:-3]  # a shorter prompt: left padding inside the batch
+    shared, rest = module._split_shared_head(prompts)
+    assert shared > 0 and len({len(r) for r in rest}) > 1, "want a shared head and remainders of different lengths"
     # A random model's greedy text rarely holds "]": stop at the first two tokens of the
     # row that starts least like the others, so that row leaves the batch early.
     greedy = [r["response_ids"].tolist() for r in module.generate(prompts, sample=False)]

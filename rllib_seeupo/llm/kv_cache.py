@@ -25,6 +25,17 @@ class ReservedLayer(DynamicLayer):
         super().__init__()
         self.batch_size, self.capacity, self.length = batch_size, capacity, 0
 
+    @classmethod
+    def holding(cls, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> "ReservedLayer":
+        """A layer already holding ``keys`` / ``values`` (B, H_kv, length, D)."""
+        layer = cls(keys.shape[0], capacity)
+        layer.lazy_initialization(keys, values)
+        layer.length = keys.shape[-2]
+        layer._keys[:, :, : layer.length] = keys
+        layer._values[:, :, : layer.length] = values
+        layer._refresh_views()
+        return layer
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         heads = key_states.shape[1]
@@ -63,6 +74,34 @@ class ReservedLayer(DynamicLayer):
             raise ValueError("ReservedLayer.crop takes the number of positions to remove, as a negative int")
         self.length = max(0, self.length + tokens_to_remove)
         self._refresh_views()
+
+
+def unpack_rows(packed: Cache, head: int, lengths: list[int], capacity: int) -> Cache:
+    """Rows of a batch from the cache of one packed sequence.
+
+    Args:
+        packed: batch 1, ``[head | row 0 | row 1 | ...]``, row i ``lengths[i]`` positions.
+        head: positions every row starts with.
+        capacity: positions to reserve per row.
+
+    Returns:
+        A cache of ``len(lengths)`` rows laid out ``[head | left padding | row i]``, each
+        ``head + max(lengths)`` long (the padding holds arbitrary values: mask it).
+    """
+    width = max(lengths)
+    device = packed.layers[0].keys.device
+    sizes = torch.tensor(lengths, device=device)
+    starts = head + torch.cumsum(sizes, 0) - sizes
+    column = torch.arange(width, device=device)
+    # Column c of row i's remainder holds packed position starts[i] + c - (width - lengths[i]).
+    source = starts[:, None] + column[None, :] - (width - sizes)[:, None]
+    source = torch.where(column[None, :] >= (width - sizes)[:, None], source, 0)
+    index = torch.cat([torch.arange(head, device=device).expand(len(lengths), head), source], dim=1)  # (B, head + width)
+    layers = []
+    for layer in packed.layers:
+        keys, values = (t[0][:, index].transpose(0, 1) for t in (layer.keys, layer.values))
+        layers.append(ReservedLayer.holding(keys, values, capacity))
+    return Cache(layers=layers)
 
 
 def reserved_cache(model_config, batch_size: int, capacity: int) -> Cache:

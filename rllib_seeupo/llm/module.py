@@ -44,7 +44,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.numpy import convert_to_numpy
 
 from envs.text import decode_messages
-from rllib_seeupo.llm.kv_cache import reserved_cache
+from rllib_seeupo.llm.kv_cache import reserved_cache, unpack_rows
 from rllib_seeupo.llm.models import resolve_model
 from rllib_seeupo.turn_env import PROMPT_TOO_LONG
 from rllib_seeupo.modules.api import (
@@ -192,21 +192,11 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         # Layout per row: [shared head | left padding | rest of the prompt]; positions count
         # real tokens only, so every row sees exactly its own prompt.
         shared, rest = self._split_shared_head(prompts)
-        rest_ids, rest_mask = _left_pad(rest, self.tokenizer.pad_token_id)
-        cache = reserved_cache(self.model.config, len(prompts), shared + rest_ids.shape[1] + s["max_new_tokens"])
-        if shared:  # run once, written to every row
-            self.model(input_ids=torch.tensor([prompts[0][:shared]], device=device), past_key_values=cache, logits_to_keep=1)
+        lengths = [len(r) for r in rest]
+        logits, cache = self._encode_prompts(prompts[0][:shared], rest, shared + max(lengths) + s["max_new_tokens"], device)
+        _, rest_mask = _left_pad(rest, self.tokenizer.pad_token_id)
         attention = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long), rest_mask.long()], dim=1).to(device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=rest_ids.to(device),
-            attention_mask=attention,
-            position_ids=positions[:, shared:],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache, logits, next_position = out.past_key_values, out.logits[:, -1], positions[:, -1] + 1
+        next_position = torch.tensor(lengths, device=device) + shared
         rows = torch.arange(len(prompts), device=device)  # the prompt index of each live row
         responses = [[] for _ in prompts]
         logps = [[] for _ in prompts]
@@ -242,6 +232,33 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             next_position = next_position + 1
         return responses, logps
 
+    def _encode_prompts(self, head: list[int], rest: list[list[int]], capacity: int, device):
+        """Encode ``head + rest[i]`` for every row, without padding: the head once, then
+        every row's remainder packed into one sequence that attends to the head and, causally,
+        to its own row only (a left-padded batch spent about a third of its prefill on
+        padding). Returns ``(B, V)`` next-token logits and the rows' cache, laid out as
+        ``unpack_rows`` does and reserved to ``capacity`` positions per row."""
+        lengths = torch.tensor([len(r) for r in rest], device=device)
+        total = int(lengths.sum())
+        packed = reserved_cache(self.model.config, 1, len(head) + total)
+        if head:
+            self.model(input_ids=torch.tensor([head], device=device), past_key_values=packed, logits_to_keep=1)
+        row = torch.repeat_interleave(torch.arange(len(rest), device=device), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        offset = torch.arange(total, device=device) - starts[row]  # position within its row
+        mask = None  # one row: the model's causal mask
+        if len(rest) > 1:
+            own_row = (row[:, None] == row[None, :]) & (offset[None, :] <= offset[:, None])
+            mask = torch.cat([own_row.new_ones((total, len(head))), own_row], dim=1)[None, None]
+        logits = self.model(
+            input_ids=torch.tensor([[t for r in rest for t in r]], device=device),
+            attention_mask=mask,
+            position_ids=(offset + len(head))[None],
+            past_key_values=packed,
+            logits_to_keep=starts + lengths - 1,
+        ).logits[0]
+        return logits, unpack_rows(packed, len(head), lengths.tolist(), capacity)
+
     def _split_shared_head(self, prompts: list[list[int]]) -> tuple[int, list[list[int]]]:
         """The length of the head all prompts share, worth encoding once (0: none), and
         each prompt's remainder. A batch's prompts usually share the system prompt."""
@@ -253,12 +270,10 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         return shared, [p[shared:] for p in prompts]
 
     @staticmethod
-    def _head_cache(model, head: list[int], batch_size: int, device):
-        """The KV cache of ``head`` (run once, batch 1), repeated for every row. The repeat
-        is differentiable, so gradients of all rows flow back into the one head pass."""
-        cache = model(input_ids=torch.tensor([head], device=device), use_cache=True, logits_to_keep=1).past_key_values
-        cache.batch_repeat_interleave(batch_size)
-        return cache
+    def _head_cache(model, head: list[int], device):
+        """The KV cache of ``head`` (batch 1), with gradient when enabled: the packed rows of
+        a training forward all attend to it."""
+        return model(input_ids=torch.tensor([head], device=device), use_cache=True, logits_to_keep=1).past_key_values
 
     def _response_length(self, ids: list[int]) -> int:
         """Tokens up to and including the first eos or the token completing a stop string
@@ -332,40 +347,59 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             BEHAVIOUR_LOGP: behaviour,
         }
 
-    def _response_logits(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(B, L, V)`` next-token logits at the response positions (the only ones kept).
+    def _response_logits(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, L, V)`` next-token logits at the response positions (zeros at padding) and
+        ``(B, H)`` the final hidden state of each prompt's last token.
 
-        The head that every prompt shares is run once (batch 1) and its cache repeated for
-        all rows; gradients flow back through the repeat, so this is exact, not a shortcut.
+        The rows are packed into one sequence, each row ``[rest of its prompt | its response
+        but the last token]`` attending causally to itself and to the head that every prompt
+        shares (run once, with gradient), so no padding is computed: in a turn's minibatch
+        padding made up about a third of the positions. Only the positions that predict a
+        response token reach the output projection.
         """
         prompt, prompt_mask = batch[PROMPT_IDS].long(), batch[PROMPT_MASK].bool()
         response, response_mask = batch[RESPONSE_IDS].long(), batch[RESPONSE_MASK].bool()
         B, L = response.shape
-        shared, cache = 0, None
-        if self.settings["share_prompt_prefix"]:
-            rows = [prompt[i][prompt_mask[i]].tolist() for i in range(B)]
-            shared, rest = self._split_shared_head(rows)
-            if shared:
-                cache = self._head_cache(model, rows[0][:shared], B, prompt.device)
-                prompt, prompt_mask = (t.to(prompt.device) for t in _left_pad(rest, int(prompt[0, -1])))
-        head_mask = torch.ones((B, shared), dtype=torch.long, device=prompt.device)
-        attention = torch.cat([head_mask, prompt_mask.long(), response_mask.long()], dim=1)
-        # As in generate(): positions count real tokens only, so padding changes nothing.
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-        out = model(
-            input_ids=torch.cat([prompt, response], dim=1),
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=cache,
-            logits_to_keep=L + 1,
-        )
-        return out.logits[:, :L]
+        device = prompt.device
+        prompts = [prompt[i][prompt_mask[i]].tolist() for i in range(B)]
+        shared, rest = self._split_shared_head(prompts)
+        # Row i keeps n_i = max(1, response length) positions: its prompt's last token and
+        # every response token but the last (a row with no response keeps its prompt's last).
+        kept = response_mask.sum(-1).clamp(min=1)
+        sequences = [r + response[i, : int(kept[i]) - 1].tolist() for i, r in enumerate(rest)]
+        lengths = torch.tensor([len(q) for q in sequences], device=device)
+        total = int(lengths.sum())
+        row = torch.repeat_interleave(torch.arange(B, device=device), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        offset = torch.arange(total, device=device) - starts[row]
+        mask = None  # one row and no head: the model's causal mask
+        if B > 1 or shared:
+            own_row = (row[:, None] == row[None, :]) & (offset[None, :] <= offset[:, None])
+            mask = torch.cat([own_row.new_ones((total, shared)), own_row], dim=1)[None, None]
+        keep_row = torch.repeat_interleave(torch.arange(B, device=device), kept)
+        keep_column = torch.arange(int(kept.sum()), device=device) - (torch.cumsum(kept, 0) - kept)[keep_row]
+        keep_index = (starts + lengths - kept)[keep_row] + keep_column
+        cache = self._head_cache(model, prompts[0][:shared], device) if shared else None
+        with _output_projection_input(model) as captured:
+            out = model(
+                input_ids=torch.tensor([[t for q in sequences for t in q]], device=device),
+                attention_mask=mask,
+                position_ids=(offset + shared)[None],
+                past_key_values=cache,
+                logits_to_keep=keep_index,
+            )
+        logits = out.logits.new_zeros((B, L, out.logits.shape[-1]))
+        logits = logits.index_put((keep_row, keep_column), out.logits[0])
+        first_kept = torch.cumsum(kept, 0) - kept
+        return logits, captured[-1][0, first_kept]
 
     # Set by the learner when the loss has an entropy term; otherwise entropy is a statistic.
     entropy_grad = False
 
     def _token_logp(self, model, batch: dict[str, torch.Tensor], with_entropy: bool):
-        logits = self._response_logits(model, batch)
+        """``(B, L)`` log-probs of the response tokens, ``(B, L)`` entropies (or None) and
+        ``(B, H)`` the prompts' last hidden states."""
+        logits, prompt_hidden = self._response_logits(model, batch)
         temperature = self.settings["temperature"]
         targets = batch[RESPONSE_IDS].long()
         logps, entropies = [], []
@@ -377,12 +411,12 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             if with_entropy:
                 with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):
                     entropies.append(-(chunk.exp() * chunk).sum(-1))
-        return torch.cat(logps), (torch.cat(entropies) if with_entropy else None)
+        return torch.cat(logps), (torch.cat(entropies) if with_entropy else None), prompt_hidden
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         if Columns.LOSS_MASK in batch:  # a batch from RLlib's learner connector (PPO)
             return self._forward_train_ppo(batch)
-        logp, entropy = self._token_logp(self.model, batch, with_entropy=True)
+        logp, entropy, _ = self._token_logp(self.model, batch, with_entropy=True)
         return {RESPONSE_LOGP: logp, RESPONSE_ENTROPY: entropy}
 
     def response_logp(self, batch: dict[str, torch.Tensor], *, reference: bool = False) -> torch.Tensor:
@@ -449,14 +483,11 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         # is on: keep the entropy differentiable so that `entropy_coeff` always acts.
         entropy_grad, self.entropy_grad = self.entropy_grad, True
         try:
-            with _output_projection_input(self.model) as captured:
-                logp, entropy = self._token_logp(self.model, selected, with_entropy=True)
+            logp, entropy, hidden = self._token_logp(self.model, selected, with_entropy=True)
         finally:
             self.entropy_grad = entropy_grad
         mask = selected[RESPONSE_MASK].to(logp.dtype)
         dist_inputs = torch.stack([(logp * mask).sum(-1), (entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)], dim=-1)
-        # The first kept position (logits_to_keep = L + 1) is the prompt's last token.
-        hidden = captured[-1][:, 0]
         B = loss_mask.shape[0]
         return {
             Columns.ACTION_DIST_INPUTS: dist_inputs.new_zeros((B, 2)).index_copy(0, rows, dist_inputs),
@@ -478,9 +509,8 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             empty = np.zeros(0, np.int64)
             columns = self.collate_turn_rows([{PROMPT_IDS: p, RESPONSE_IDS: empty, BEHAVIOUR_LOGP: empty} for p in prompts])
             tensors = {k: torch.as_tensor(v, device=device) for k, v in columns.items()}
-            with _output_projection_input(self.model) as captured:
-                self._response_logits(self.model, tensors)  # one masked dummy response token
-            out[torch.as_tensor(rows, device=device)] = captured[-1][:, 0].float()
+            _, hidden = self._response_logits(self.model, tensors)
+            out[torch.as_tensor(rows, device=device)] = hidden.float()
         return out
 
     # -- state: with LoRA only the adapter travels (weight sync, checkpoints) -----------
