@@ -235,8 +235,8 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
     def _encode_prompts(self, head: list[int], rest: list[list[int]], capacity: int, device):
         """Encode ``head + rest[i]`` for every row, without padding: the head once, then
         every row's remainder packed into one sequence that attends to the head and, causally,
-        to its own row only (a left-padded batch spent about a third of its prefill on
-        padding). Returns ``(B, V)`` next-token logits and the rows' cache, laid out as
+        to its own row only (left-padded, a quarter of the prefill positions of the rollout
+        benchmark's batches were padding). Returns ``(B, V)`` next-token logits and the rows' cache, laid out as
         ``unpack_rows`` does and reserved to ``capacity`` positions per row."""
         lengths = torch.tensor([len(r) for r in rest], device=device)
         total = int(lengths.sum())
@@ -353,9 +353,9 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
 
         The rows are packed into one sequence, each row ``[rest of its prompt | its response
         but the last token]`` attending causally to itself and to the head that every prompt
-        shares (run once, with gradient), so no padding is computed: in a turn's minibatch
-        padding made up about a third of the positions. Only the positions that predict a
-        response token reach the output projection.
+        shares (run once, with gradient), so no padding is computed (a fifth of the positions
+        of the main job's turn minibatches, ``benchmarks/train_forward.py``). Only the
+        positions that predict a response token reach the output projection.
         """
         prompt, prompt_mask = batch[PROMPT_IDS].long(), batch[PROMPT_MASK].bool()
         response, response_mask = batch[RESPONSE_IDS].long(), batch[RESPONSE_MASK].bool()
