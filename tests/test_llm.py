@@ -9,7 +9,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from envs.text import AnyText
 from envs.tool_tasks import env as tool_env
 from rllib_seeupo import SHARED_MODULE_ID, SeeUPO, SeeUPOConfig
-from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule, _output_projection_input
+from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule, _output_projection_input, _packs
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.turn_env import make_turn_env
 
@@ -160,8 +160,9 @@ def test_shared_prompt_head_is_exact_for_logp_and_gradients(tiny_model):
     assert ((grads[True] - grads[False]).norm() / grads[False].norm()) < 1e-4
 
 
-def test_packed_training_forward_equals_each_row_run_alone(tiny_model):
-    """The training forward packs a batch's rows into one sequence without padding: every
+@pytest.mark.parametrize("packing", ["one_pack", "several_packs"])
+def test_packed_training_forward_equals_each_row_run_alone(tiny_model, packing):
+    """The training forward packs a batch's rows into sequences without padding: every
     response log-prob, every prompt's last hidden state and the gradient equal those of each
     row run through the model alone; a row with no response keeps only its prompt."""
     e = tool_env()
@@ -177,7 +178,13 @@ def test_packed_training_forward_equals_each_row_run_alone(tiny_model):
     rows = [{PROMPT_IDS: out[PROMPT_IDS][i], RESPONSE_IDS: out[RESPONSE_IDS][i], BEHAVIOUR_LOGP: out[BEHAVIOUR_LOGP][i]} for i in range(5)]
     rows[2] = {**rows[2], RESPONSE_IDS: np.zeros(0, np.int64), BEHAVIOUR_LOGP: np.zeros(0, np.float32)}
     batch = {k: torch.as_tensor(v) for k, v in LLMRLModule.collate_turn_rows(rows).items()}
-    assert module._split_shared_head([list(r[PROMPT_IDS]) for r in rows])[0] > 0
+    shared, rest = module._split_shared_head([list(r[PROMPT_IDS]) for r in rows])
+    assert shared > 0
+    # Each row is packed as its prompt's remainder and its response but the last token.
+    lengths = [len(p) + max(len(r[RESPONSE_IDS]), 1) - 1 for p, r in zip(rest, rows)]
+    module.settings["pack_tokens"] = 10**6 if packing == "one_pack" else lengths[0] + lengths[1]
+    packs = _packs(lengths, module.settings["pack_tokens"])
+    assert len(packs) == 1 if packing == "one_pack" else (len(packs) > 1 and packs[0] == slice(0, 2))
     params = [p for p in module.model.parameters() if p.requires_grad]
 
     module.model.zero_grad()
@@ -202,10 +209,10 @@ def test_packed_training_forward_equals_each_row_run_alone(tiny_model):
 
 
 def test_batched_decoding_matches_transformers_generate_row_by_row(tiny_model):
-    """Dropping finished rows from the batch changes no token: the greedy responses of a
-    batch of prompts of different lengths equal transformers' ``generate`` on each prompt
-    alone, with the same log-probs; a single sampled row draws the same tokens as
-    ``generate`` from the same seed."""
+    """Packing the prompts (over several packs) and dropping finished rows from the batch
+    change no token: the greedy responses of a batch of prompts of different lengths equal
+    transformers' ``generate`` on each prompt alone, with the same log-probs; a single
+    sampled row draws the same tokens as ``generate`` from the same seed."""
     module = _module(tiny_model, stop_strings=[])
     prompts = [module.encode_prompt(o) for o in _observations(6)]
     prompts[1] = prompts[1][:-3]  # a shorter prompt: left padding inside the batch
@@ -213,6 +220,9 @@ def test_batched_decoding_matches_transformers_generate_row_by_row(tiny_model):
     assert shared > 0 and len({len(r) for r in rest}) > 1, "want a shared head and remainders of different lengths"
     # A random model's greedy text rarely holds "]": stop at the first two tokens of the
     # row that starts least like the others, so that row leaves the batch early.
+    module.settings["pack_tokens"] = len(rest[0]) + len(rest[1])
+    packs = _packs([len(r) for r in rest], module.settings["pack_tokens"])
+    assert packs[0] == slice(0, 2) and len(packs) > 1, "want several packs, the first of two rows"
     greedy = [r["response_ids"].tolist() for r in module.generate(prompts, sample=False)]
     rarest = min(range(len(greedy)), key=lambda i: [g[0] for g in greedy].count(greedy[i][0]))
     module.settings["stop_strings"] = [module.tokenizer.decode(greedy[rarest][:2])]

