@@ -7,22 +7,14 @@ SDPA path does with a padding mask) vs read in place (``enable_gqa=True``, the p
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
+from _timing import median_seconds
 
 
 def timed(fn, repeats: int) -> float:
     """Median milliseconds of ``fn()`` over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats)
 
 
 def main() -> None:

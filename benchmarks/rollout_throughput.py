@@ -28,6 +28,8 @@ import json
 import statistics
 import time
 
+from _timing import median_seconds
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -143,15 +145,6 @@ def batched_time_bound(module, calls: list[tuple[int, list[int]]]) -> dict:
 
     model, cached = module.model, 250  # positions in the cache, about a second turn's prompt
 
-    def median_ms(fn, repeats: int) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1e3
-
     step_ms = {}
     with torch.no_grad():
         for batch in (1, 2, 4, 8, 16):
@@ -163,9 +156,9 @@ def batched_time_bound(module, calls: list[tuple[int, list[int]]]) -> dict:
                 model(input_ids=token, past_key_values=cache, logits_to_keep=1)
                 cache.crop(-1)
 
-            step_ms[batch] = median_ms(step, 9)
+            step_ms[batch] = 1e3 * median_seconds(step, 9)
         prompt = torch.randint(0, 1000, (1, 512))
-        prefill_ms_per_token = median_ms(lambda: model(input_ids=prompt, logits_to_keep=1), 3) / 512
+        prefill_ms_per_token = 1e3 * median_seconds(lambda: model(input_ids=prompt, logits_to_keep=1), 3) / 512
     sizes = sorted(step_ms)
     decode_ms = prefill_ms = 0.0
     for prompt_tokens, lengths in calls:
