@@ -1,10 +1,9 @@
 """A key/value cache for the decode loop that is written in place.
 
 transformers' ``DynamicCache`` appends every decode step's keys and values with
-``torch.cat``, which copies the whole cache of every layer at every step: at batch 16 and
-250 cached positions that copy took about a fifth of a SmolLM2 decode step on CPU. Here each
-layer reserves its full length up front (shared head + prompt + new tokens) and a step
-writes one position into it.
+``torch.cat``, which copies the whole cache of every layer at every step. Here each layer
+reserves its full length up front (shared head + prompt + new tokens) and a step writes one
+position into it (the rollout benchmark's batched run: 13.1 s -> 12.3 s, benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -15,11 +14,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 class ReservedLayer(DynamicLayer):
     """One layer's keys and values in buffers of ``(batch_size, H_kv, capacity, D)``;
-    ``keys`` / ``values`` are views of the filled part, as ``DynamicLayer`` exposes them.
-
-    A first update with batch 1 into an empty layer (a head that every row shares) is
-    written to every row and attends to itself only.
-    """
+    ``keys`` / ``values`` are views of the filled part, as ``DynamicLayer`` exposes them."""
 
     def __init__(self, batch_size: int, capacity: int):
         super().__init__()
@@ -33,18 +28,16 @@ class ReservedLayer(DynamicLayer):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """key_states, value_states (B or 1, H_kv, Q, D) -> the cached (B, H_kv, length, D)."""
+        """key_states, value_states (B, H_kv, Q, D) -> the cached (B, H_kv, length, D)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         start, end = self.length, self.length + key_states.shape[-2]
         if end > self.capacity:
             raise ValueError(f"ReservedLayer: {end} positions exceed the reserved {self.capacity}")
-        self._keys[:, :, start:end] = key_states  # broadcasts a shared head over the rows
+        self._keys[:, :, start:end] = key_states
         self._values[:, :, start:end] = value_states
         self.length = end
         self._refresh_views()
-        if start == 0:
-            return key_states, value_states
         return self.keys, self.values
 
     def write_rows(self, first_row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
