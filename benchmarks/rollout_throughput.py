@@ -10,7 +10,7 @@ batch, once with a batch of one. Reports episodes/s, generated tokens/s (medians
     .venv-vllm/bin/python benchmarks/rollout_throughput.py --engines transformers vllm --threads 2
 
 ``--bound`` also measures, for the transformers engine, the cost of one decode step at
-batch 1, 2, 4, 8, 16 and the prefill cost per token, and from them and the batched run's
+batch 1, 2, 4, 8, 16 (and the largest batch of the run) and the prefill cost per token, and from them and the batched run's
 own calls (prompt lengths, response lengths) the least time batched generation could take
 with no padding and no overhead: the ceiling of the batched/one-at-a-time ratio on this
 machine for the same tokens.
@@ -147,7 +147,7 @@ def batched_time_bound(module, calls: list[tuple[int, list[int]]]) -> dict:
 
     step_ms = {}
     with torch.no_grad():
-        for batch in (1, 2, 4, 8, 16):
+        for batch in sorted({1, 2, 4, 8, 16, max(len(lengths) for _, lengths in calls)}):
             cache = reserved_cache(model.config, batch, cached + 1)
             model(input_ids=torch.randint(0, 1000, (batch, cached)), past_key_values=cache, logits_to_keep=1)
             token = torch.randint(0, 1000, (batch, 1))
