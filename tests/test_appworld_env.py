@@ -140,7 +140,7 @@ def test_long_output_is_cut_in_the_observation(server, tmp_path):
     e.reset(options={"task_id": "a1b2c3d_1"})
     e.step("```python\nprint('x' * 500)\n```")
     content = decode_messages(e.observe("turn_1"))[-1]["content"]
-    assert content.startswith("x" * 50) and "output cut: 451 more characters" in content
+    assert content.startswith("x" * 50) and "[cut: 451 more characters]" in content
 
 
 @pytest.mark.parametrize(

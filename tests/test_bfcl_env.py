@@ -246,7 +246,7 @@ def test_malformed_and_unknown_calls_are_error_observations_within_the_user_turn
     e = env(categories="multi_turn_base", max_turns=6)
     e.reset(options={"task_id": "multi_turn_base_0"})
     e.step("[cd(folder='document'")
-    assert e.messages[-1] == {"role": "tool", "content": "Error: the call list does not parse; answer with [func_name(param=value), ...]"}
+    assert e.messages[-1] == {"role": "tool", "content": "Error: the call list is not closed with ']'"}
     e.step("[frobnicate(level=3)]")
     assert e.messages[-1]["content"].startswith("Error: unknown function 'frobnicate'")
     assert e.user_turn == 0 and e.parse_errors == 2 and e.steps_in_turn == 2
@@ -378,7 +378,7 @@ def test_qwen3_tuned_example_loads_and_validates_with_the_release_settings():
     assert config.kl_coeff == 0.002 and config.clip_param == 0.2 and config.compound_clip == 0.2
     assert config.num_epochs_per_turn == 1 and config.num_gpus_per_learner == 1
     assert config.env_config["max_turns"] == 10 and config.env_config["categories"] == ["multi_turn_base"]
-    assert config.model_config["model"] == "Qwen/Qwen3-14B" and config.model_config["temperature"] == 0.9
+    assert config.model_config["model"] == "hf:Qwen/Qwen3-14B" and config.model_config["temperature"] == 0.9
     assert experiment.evaluation["split"] == "test" and experiment.evaluation["k"] == 4
     assert len(env(**config.env_config).task_ids("test")) == experiment.evaluation["num_tasks"]
 

@@ -24,7 +24,7 @@ import numpy as np
 from pettingzoo import AECEnv
 
 from envs.appworld.client import AppWorldClient, AppWorldError, AppWorldServerUnreachable, claim_server
-from envs.text import AnyText, TextObservation, as_text, encode_messages
+from envs.text import MAX_MARKER_CHARS, AnyText, TextObservation, as_text, chat_bound, cut_text, encode_messages
 from envs.turns import end_episode, render_chat, start_episode
 
 SPLITS = ("train", "dev", "test_normal", "test_challenge")
@@ -60,6 +60,7 @@ TASK_PROMPT = (
     "My name is: {first_name} {last_name}. My personal email is {email} and phone number is {phone_number}.\n"
     "Task: {instruction}"
 )
+MAX_REQUEST_CHARS = 10_000  # the task's first user message (the server's instruction) is cut here
 NO_CODE = "No code block found. Write the next step as Python code in a ```python ... ``` block."
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
@@ -172,7 +173,10 @@ class raw_env(AECEnv):
         self.possible_agents = [f"turn_{k}" for k in range(max_turns)]
         self._action_space = AnyText(max_action_chars)
         # The chat grows by one action and one (cut) output per turn.
-        self._observation_space = AnyText(20_000 + max_turns * (max_action_chars + max_output_chars + 200))
+        self._observation_space = AnyText(
+            chat_bound(len(system_prompt(self.allowed_apps)) + MAX_REQUEST_CHARS, max_turns,
+                       max_action_chars + max(len(NO_CODE), max_output_chars + MAX_MARKER_CHARS))
+        )
         self._rng = np.random.default_rng()
         self.client: AppWorldClient | None = None
         self._lock: IO | None = None
@@ -243,7 +247,7 @@ class raw_env(AECEnv):
             task = client.initialize(self.task_id, experiment_name=self.experiment_name, **self.initialize_settings)
             self._active_task = self.task_id
             supervisor = task["supervisor"]
-            request = TASK_PROMPT.format(instruction=task["instruction"], **supervisor)
+            request = cut_text(TASK_PROMPT.format(instruction=task["instruction"], **supervisor), MAX_REQUEST_CHARS)
         except AppWorldServerUnreachable:
             self._release_server()
             raise  # no server at all: a setup error, not one bad episode
@@ -262,11 +266,6 @@ class raw_env(AECEnv):
 
     def observe(self, agent: str) -> TextObservation:
         return TextObservation(encode_messages(self.messages))
-
-    def _cut(self, output: str) -> str:
-        if len(output) <= self.max_output_chars:
-            return output
-        return output[: self.max_output_chars] + f"\n...[output cut: {len(output) - self.max_output_chars} more characters]"
 
     def step(self, action: str | None) -> None:
         agent = self.agent_selection
@@ -291,36 +290,30 @@ class raw_env(AECEnv):
             else:
                 output = self.client.execute(self.task_id, code)
                 completed = self.client.task_completed(self.task_id)
-            self.messages.append({"role": "user", "content": self._cut(str(output))})
+            self.messages.append({"role": "user", "content": cut_text(str(output), self.max_output_chars)})
             report = self.client.evaluate(self.task_id) if completed or turn == self.max_turns - 1 else None
-        except AppWorldError as error:
+            score = None if report is None else _score(report)
+        except Exception as error:  # a failing or misbehaving server ends this episode, never the run
             self.error = f"{type(error).__name__}: {error}"
             self._end(turn, None, truncated=True)
         else:
-            if report is None:
+            if score is None:
                 self.agent_selection = self._agent_selector.next()
             else:
-                self._end(turn, report, truncated=False, completed=completed)
+                self._end(turn, score, truncated=False, completed=completed)
         self._accumulate_rewards()
 
-    def _end(self, last_turn: int, report: dict[str, Any] | None, *, truncated: bool, completed: bool = False) -> None:
-        """Close the episode after ``last_turn``: the reward from the evaluation ``report``
-        (None: the server failed, reward 0) goes to every turn that acted."""
+    def _end(self, last_turn: int, score: dict[str, Any] | None, *, truncated: bool, completed: bool = False) -> None:
+        """Close the episode after ``last_turn``: the reward from the evaluation's ``score``
+        (see ``_score``; None: the server failed, reward 0) goes to every turn that acted."""
         summary: dict[str, Any] = {"parse_errors": self.parse_errors, "num_turns": last_turn + 1}
-        if report is None:
+        if score is None:
             reward = 0.0
             summary.update(success=0.0, passed_fraction=0.0, task_completed=completed, env_error=self.error)
         else:
-            num_tests = int(report.get("num_tests", 0))
-            passed = len(report.get("passes", []))
-            success = bool(report.get("success"))
-            fraction = passed / num_tests if num_tests else float(success)
-            reward = self.success_reward if success else self.partial_reward_scale * fraction
+            reward = self.success_reward if score["success"] else self.partial_reward_scale * score["passed_fraction"]
             reward -= self.parse_error_penalty * self.parse_errors
-            summary.update(
-                success=float(success), passed_fraction=fraction, num_tests=num_tests, task_completed=completed,
-                difficulty=report.get("difficulty"),
-            )
+            summary.update(score, task_completed=completed)
             self._close_active_task()
         self._release_server()
         end_episode(self, last_turn, reward, summary, truncated=truncated)
@@ -333,6 +326,17 @@ class raw_env(AECEnv):
     def close(self) -> None:
         self._close_active_task()
         self._release_server()
+
+
+def _score(report: dict[str, Any]) -> dict[str, Any]:
+    """``success`` (1.0 when every unit test passes), ``passed_fraction``, ``num_tests`` and
+    ``difficulty`` of an ``/evaluate`` report; a report of another shape raises."""
+    num_tests = int(report.get("num_tests", 0))
+    passed = len(report.get("passes", []))
+    success = bool(report.get("success"))
+    fraction = passed / num_tests if num_tests else float(success)
+    return {"success": float(success), "passed_fraction": fraction, "num_tests": num_tests,
+            "difficulty": report.get("difficulty")}
 
 
 def env(**config: Any) -> raw_env:

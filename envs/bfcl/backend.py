@@ -22,9 +22,9 @@ import os
 import re
 import types
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from envs.text import Call, CallSyntaxError
+from envs.text import Call, CallSyntaxError, calls_of_list, find_call_list
 
 CATEGORIES = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
 # The backend classes of the four multi-turn categories.
@@ -42,7 +42,6 @@ SPLIT_SALT = "bfcl-v4-multi-turn"
 # stays far below these (largest integer 987 654, largest precision 10).
 MAX_ABS_INT = 10**9
 PARAMETER_LIMITS = {"precision": 1000, "exponent": 1000}
-MAX_PARSE_ATTEMPTS = 64
 
 
 def default_project_root() -> Path:
@@ -195,12 +194,14 @@ def decode_response(text: str, allowed: set[str], signatures: dict[str, list[lis
     """Decode one response without executing anything.
 
     The list is found as BFCL's decoder finds it (strip backticks and blanks, add missing
-    outer brackets) or, failing that, as the first ``[name(...)]`` span that parses (prose
-    around it is ignored; at most ``MAX_PARSE_ATTEMPTS`` spans are tried). Every element must then be a call of a bare name in ``allowed`` with
-    literal arguments (positional arguments are kept): no names, attributes, nested calls,
-    comprehensions, lambdas, f-strings, ``*``/``**`` unpacking or operators beyond literal
-    signs. Integers are bounded (``MAX_ABS_INT``) and so are arguments named in
-    ``PARAMETER_LIMITS`` (by keyword, or by position in ``signatures[name]``).
+    outer brackets) or, failing that, as the first ``[name(...)]`` span of the text
+    (``envs.text.find_call_list``: prose around it is ignored, brackets in the prose too;
+    one linear scan). Every element must then be a call of a bare name in ``allowed``
+    with literal arguments (positional arguments are kept): no names, attributes, nested
+    calls, comprehensions, lambdas, f-strings, ``*``/``**`` unpacking, repeated keywords or
+    operators beyond literal signs. Integers are bounded (``MAX_ABS_INT``) and so are
+    arguments named in ``PARAMETER_LIMITS`` (by keyword, or by position in
+    ``signatures[name]``).
     """
     if "<think>" in text and "</think>" not in text:
         return Decoded("answer")  # reasoning cut short: no call list (bfcl decodes nothing)
@@ -209,11 +210,14 @@ def decode_response(text: str, allowed: set[str], signatures: dict[str, list[lis
     stripped = text.strip("`\n ")
     if not (_STARTS_LIKE_CALL.match(stripped) or _EMBEDDED_CALL_LIST.search(text)):
         return Decoded("answer")
-    source = _call_list_source(stripped) or _call_list_source(text, search=True)
-    if source is None:
-        return Decoded("error", error="the call list does not parse; answer with [func_name(param=value), ...]")
     try:
-        calls = _calls(ast.parse(source, mode="eval").body, allowed)
+        source = _normalised_list(stripped)
+        if source is None:
+            span = find_call_list(text)
+            if span is None:
+                raise CallSyntaxError("the call list does not parse; answer with [func_name(param=value), ...]")
+            source = text[span[0] : span[1]]
+        calls = calls_of_list(source, allowed, MAX_ABS_INT)
         for call in calls:
             _check_limits(call, (signatures or {}).get(call.name, []))
     except CallSyntaxError as error:
@@ -221,76 +225,19 @@ def decode_response(text: str, allowed: set[str], signatures: dict[str, list[lis
     return Decoded("calls", calls) if calls else Decoded("answer")
 
 
-def _call_list_source(text: str, search: bool = False) -> str | None:
-    """The source of a list expression: ``text`` itself in BFCL's normalised form, or
-    (``search``) the first ``[...]`` span of ``text`` that parses as a list."""
-    if not search:
-        text = re.sub(r"^python\s*(?=\[)", "", text)  # a ```python fence's tag
-        candidate = text if text.startswith("[") else "[" + text
-        candidate = candidate if candidate.endswith("]") else candidate + "]"
-        return candidate if _is_list(candidate) else None
-    attempts = 0
-    # Spans start where a call list would ("[name(" or "[]"); the parse attempts are capped
-    # so that a response full of brackets costs milliseconds, not minutes.
-    for match in re.finditer(r"\[\s*(?:[A-Za-z_][\w.]*\s*\(|\])", text):
-        end = text.find("]", match.start())
-        while end >= 0 and attempts < MAX_PARSE_ATTEMPTS:
-            attempts += 1
-            if _is_list(text[match.start() : end + 1]):
-                return text[match.start() : end + 1]
-            end = text.find("]", end + 1)
-    return None
-
-
-def _literal(node: ast.AST) -> Any:
-    # Plain literals only: nothing in a model's output may name, call or compute anything.
+def _normalised_list(text: str) -> str | None:
+    """``text`` in BFCL's normalised form (a ```python fence's tag dropped, missing outer
+    brackets added) when that parses as a list, else None."""
+    text = re.sub(r"^python\s*(?=\[)", "", text)
+    candidate = text if text.startswith("[") else "[" + text
+    candidate = candidate if candidate.endswith("]") else candidate + "]"
     try:
-        return ast.literal_eval(node)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
-        raise CallSyntaxError(f"arguments must be literals, got {ast.unparse(node)[:60]!r}") from error
-
-
-def _calls(tree: ast.List, allowed: set[str]) -> list[Call]:
-    """The calls of a parsed list (the element checks of ``envs.text.parse_calls``, on a
-    list that is already parsed)."""
-    calls = []
-    for element in tree.elts:
-        if not isinstance(element, ast.Call) or not isinstance(element.func, ast.Name):
-            raise CallSyntaxError(f"not a function call: {ast.unparse(element)[:60]!r}")
-        if element.func.id not in allowed:
-            raise CallSyntaxError(f"unknown function {element.func.id!r}; available: {', '.join(sorted(allowed))}")
-        if any(k.arg is None for k in element.keywords):
-            raise CallSyntaxError("**kwargs are not allowed")
-        args = tuple(_literal(a) for a in element.args)
-        calls.append(Call(element.func.id, args, {k.arg: _literal(k.value) for k in element.keywords}))
-    return calls
-
-
-def _is_list(source: str) -> bool:
-    try:
-        return isinstance(ast.parse(source, mode="eval").body, ast.List)
+        return candidate if isinstance(ast.parse(candidate, mode="eval").body, ast.List) else None
     except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return False
-
-
-def _ints(value: Any) -> Iterator[int]:
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        yield value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from _ints(k)
-            yield from _ints(v)
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for v in value:
-            yield from _ints(v)
+        return None
 
 
 def _check_limits(call: Call, signatures: list[list[str]]) -> None:
-    for value in (*call.args, *call.kwargs.values()):
-        if any(abs(i) > MAX_ABS_INT for i in _ints(value)):
-            raise CallSyntaxError(f"{call.name}: integers are limited to +-{MAX_ABS_INT}")
     named = dict(call.kwargs)
     for params in signatures:
         named.update({p: a for p, a in zip(params, call.args) if p not in named})

@@ -26,6 +26,7 @@ Endings (nothing ever raises out of ``step``):
   rule, 20): terminated and failed, as BFCL's force-quit (``end_reason="step_limit"``);
 - the ``max_turns``-th response is spent first: truncated (``"max_turns"``);
 - the next observation would exceed ``max_context_chars``: truncated (``"context_limit"``);
+  tool results are cut to ``max_result_chars`` each and ``max_step_chars`` per step;
   a first observation that is already too long ends the episode at the first step,
   whose action is not run;
 - a backend or checker failure: truncated, reward 0 (``"env_error"``, the error in the infos).
@@ -52,8 +53,15 @@ import numpy as np
 from pettingzoo import AECEnv
 
 from envs.bfcl import backend, prompts
-from envs.text import AnyText, TextObservation, as_text, encode_messages
+from envs.text import (
+    MAX_MARKER_CHARS, MESSAGE_OVERHEAD, AnyText, TextObservation, as_text, cap_results, chat_bound, encode_messages,
+)
 from envs.turns import end_episode, render_chat, start_episode
+
+# The longest first observation (encoded chat) of any BFCL v4 multi-turn entry in any doc
+# format is about 56k characters (tests/test_bfcl_env.py checks that all stay below this).
+FIRST_OBSERVATION_CHARS = 80_000
+
 
 class raw_env(AECEnv):
     """PettingZoo AEC env over BFCL v4 multi-turn entries (see the module docstring).
@@ -66,8 +74,16 @@ class raw_env(AECEnv):
         max_steps_per_turn: steps allowed in one user turn; one more fails the entry
             (None: bfcl's ``MAXIMUM_STEP_LIMIT``, 20).
         doc_format: ``"json"`` (BFCL's default), ``"compact"``, ``"python"`` or ``"xml"``.
-        max_context_chars: budget for an observation (the JSON-encoded chat); None: none.
+        max_context_chars: budget for an observation (the JSON-encoded chat): the episode
+            ends (truncated) when the next observation would be longer. The default,
+            96 000 characters (about 27k tokens), fits the 28k-token prompts of the
+            Qwen3-14B example; BFCL's longest first prompt is about 56k characters.
         max_action_chars: responses are cut to this length.
+        max_result_chars: one tool result is cut to this many characters (a visible
+            marker says how many were cut).
+        max_step_chars: all tool results of one step together are cut to this many.
+        max_calls_per_step: a response with more calls is an error observation and runs
+            nothing (BFCL's ground truth has at most 34 in one user turn).
         partial_credit: reward the share of passed user turns instead of 0/1 success.
         parse_error_penalty: subtracted from the reward per parse error.
     """
@@ -82,8 +98,11 @@ class raw_env(AECEnv):
         max_turns: int = 20,
         max_steps_per_turn: int | None = None,
         doc_format: str = "json",
-        max_context_chars: int | None = None,
+        max_context_chars: int = 96_000,
         max_action_chars: int = 8000,
+        max_result_chars: int = 4000,
+        max_step_chars: int = 16_000,
+        max_calls_per_step: int = 64,
         partial_credit: bool = False,
         parse_error_penalty: float = 0.0,
         render_mode: str | None = None,
@@ -100,8 +119,11 @@ class raw_env(AECEnv):
             raise ValueError(f"bfcl max_turns and max_steps_per_turn must be >= 1, got {max_turns}, {max_steps_per_turn}")
         if doc_format not in prompts.DOC_FORMATS:
             raise ValueError(f"bfcl doc_format must be one of {prompts.DOC_FORMATS}, got {doc_format!r}")
-        if max_context_chars is not None and max_context_chars < 1:
-            raise ValueError(f"bfcl max_context_chars must be >= 1 or None, got {max_context_chars}")
+        for name, value in (("max_context_chars", max_context_chars), ("max_action_chars", max_action_chars),
+                            ("max_result_chars", max_result_chars), ("max_step_chars", max_step_chars),
+                            ("max_calls_per_step", max_calls_per_step)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"bfcl {name} must be an integer >= 1, got {value!r}")
         self.categories = categories
         self.ids = None if ids is None else tuple(ids)
         for entry_id in self.ids or ():
@@ -116,13 +138,22 @@ class raw_env(AECEnv):
         self.max_steps_per_turn = max_steps_per_turn
         self.doc_format = doc_format
         self.max_context_chars = max_context_chars
+        self.max_result_chars = max_result_chars
+        self.max_step_chars = max_step_chars
+        self.max_calls_per_step = max_calls_per_step
         self.partial_credit = partial_credit
         self.parse_error_penalty = parse_error_penalty
         self.render_mode = render_mode
         self.possible_agents = [f"turn_{k}" for k in range(max_turns)]
         self._action_space = AnyText(max_action_chars)
-        # Not max_context_chars: an over-budget first observation is still shown once.
-        self._observation_space = AnyText(10**8)
+        # An observation within the budget grows by at most one step; an over-budget first
+        # observation is still shown once (none of BFCL's is over FIRST_OBSERVATION_CHARS).
+        # A step adds the response, then per call (at most max_calls_per_step) a
+        # tool message named by the call's text, at most 5x its source ("1e15" prints as
+        # "1000000000000000.0"), with a result cut to the step's budget or a marker.
+        calls = min(max_action_chars // 3, max_calls_per_step)
+        one_step = chat_bound(0, 1, 6 * max_action_chars + max_step_chars + calls * (MAX_MARKER_CHARS + MESSAGE_OVERHEAD))
+        self._observation_space = AnyText(max(max_context_chars, FIRST_OBSERVATION_CHARS) + one_step)
         self._rng = np.random.default_rng()
         self._prefix = ""
         self.entry: backend.Entry | None = None
@@ -176,7 +207,7 @@ class raw_env(AECEnv):
 
     def _too_long(self) -> bool:
         self._observation = None
-        return self.max_context_chars is not None and len(self.observe("")) > self.max_context_chars
+        return len(self.observe("")) > self.max_context_chars
 
     def step(self, action: str | None) -> None:
         agent = self.agent_selection
@@ -186,7 +217,7 @@ class raw_env(AECEnv):
         turn = self.possible_agents.index(agent)
         self._cumulative_rewards[agent] = 0.0
         self.rewards = {a: 0.0 for a in self.agents}
-        error = None
+        end, error = None, None
         try:
             if self._over_budget:  # the first observation was already over the budget
                 end = "context_limit"
@@ -210,12 +241,15 @@ class raw_env(AECEnv):
         self.messages.append({"role": "assistant", "content": text})
         self._observation = None
         decoded = backend.decode_response(text, self.allowed, backend.signatures())
+        if decoded.kind == "calls" and len(decoded.calls) > self.max_calls_per_step:
+            decoded = backend.Decoded("error", error=f"at most {self.max_calls_per_step} calls per response, got {len(decoded.calls)}")
         if decoded.kind == "answer":
             return self._next_user_turn()
         if decoded.kind == "calls":
             calls = [str(c) for c in decoded.calls]
-            results = backend.execute(calls, self.entry, self._prefix)
+            results = [str(r) for r in backend.execute(calls, self.entry, self._prefix)]
             self.decoded[self.user_turn].append(calls)
+            results = cap_results(results, self.max_result_chars, self.max_step_chars)
             self.messages.extend({"role": "tool", "name": c, "content": r} for c, r in zip(calls, results))
         else:
             self.parse_errors += 1

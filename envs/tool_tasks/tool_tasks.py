@@ -25,7 +25,9 @@ import gymnasium
 import numpy as np
 from pettingzoo import AECEnv
 
-from envs.text import AnyText, Call, CallSyntaxError, TextObservation, as_text, encode_messages, parse_calls
+from envs.text import (
+    MAX_MARKER_CHARS, AnyText, Call, CallSyntaxError, TextObservation, as_text, chat_bound, cut_text, encode_messages, parse_calls,
+)
 from envs.turns import end_episode, render_chat, start_episode
 
 ITEMS = ("apple", "pear", "banana", "orange", "lemon", "mango", "plum", "kiwi")
@@ -111,6 +113,7 @@ class raw_env(AECEnv):
         parse_error_penalty: float = 0.0,
         num_test_tasks: int = 200,
         max_action_chars: int = 4000,
+        max_result_chars: int = 500,
         render_mode: str | None = None,
     ):
         super().__init__()
@@ -118,16 +121,19 @@ class raw_env(AECEnv):
             raise ValueError(f"tool_tasks max_turns must be >= 1, got {max_turns}")
         if not set(levels) <= {1, 2, 3, 4}:
             raise ValueError(f"tool_tasks levels must be within 1..4, got {levels}")
+        if max_action_chars < 1 or max_result_chars < 1:
+            raise ValueError(f"tool_tasks max_action_chars and max_result_chars must be >= 1, got {max_action_chars}, {max_result_chars}")
         self.max_turns = max_turns
         self.levels = tuple(levels)
         self.level_weights = None if level_weights is None else tuple(level_weights)
         self.parse_error_penalty = parse_error_penalty
         self.num_test_tasks = num_test_tasks
+        self.max_result_chars = max_result_chars
         self.render_mode = render_mode
         self.possible_agents = [f"turn_{k}" for k in range(max_turns)]
         self._action_space = AnyText(max_action_chars)
-        # The chat grows by one action and one tool reply per turn.
-        self._observation_space = AnyText(10_000 + 2 * max_turns * max_action_chars)
+        # The chat grows by one action and one (cut) tool reply per turn.
+        self._observation_space = AnyText(chat_bound(2_000, max_turns, max_action_chars + max_result_chars + MAX_MARKER_CHARS))
         self._rng = np.random.default_rng()
 
     def observation_space(self, agent: str) -> gymnasium.spaces.Space:
@@ -162,29 +168,55 @@ class raw_env(AECEnv):
     def observe(self, agent: str) -> TextObservation:
         return TextObservation(encode_messages(self.messages))
 
-    def _execute(self, call: Call) -> str:
+    def _execute(self, call: Call) -> tuple[bool, str]:
+        """Run one call on the inventory: ``(ok, result)``; a failed call changes nothing."""
         params = PARAMETERS[call.name]
         if len(call.args) > len(params):
-            raise CallSyntaxError(f"{call.name} takes at most {len(params)} arguments")
-        kwargs = dict(zip(params, call.args)) | call.kwargs
-        unknown = set(kwargs) - set(params)
-        if unknown:
-            return f"Error: {call.name} has no parameter {sorted(unknown)[0]!r}"
+            return False, f"Error: {call.name} takes at most {len(params)} arguments, got {len(call.args)}"
+        kwargs = dict(zip(params, call.args))
+        for key, value in call.kwargs.items():
+            if key not in params:
+                return False, f"Error: {call.name} has no parameter {key!r}"
+            if key in kwargs:
+                return False, f"Error: {call.name} got two values for {key!r}"
+            kwargs[key] = value
         if call.name == "finish":
             self.answer = str(kwargs.get("answer", "")).strip()
-            return "done"
+            return True, "done"
         item = kwargs.get("item")
-        if item not in self.inventory:
-            return f"Error: unknown item {item!r}; items: {', '.join(sorted(self.inventory))}"
+        # A string first: an unhashable value (a list, a dict) cannot be looked up.
+        if not isinstance(item, str) or item not in self.inventory:
+            return False, f"Error: unknown item {item!r}; items: {', '.join(sorted(self.inventory))}"
         if call.name == "get_stock":
-            return str(self.inventory[item])
+            return True, str(self.inventory[item])
         qty = kwargs.get("qty")
         if not isinstance(qty, int) or isinstance(qty, bool) or qty < 1:
-            return f"Error: qty must be a positive integer, got {qty!r}"
+            return False, f"Error: qty must be a positive integer, got {qty!r}"
         if call.name == "remove_item" and qty > self.inventory[item]:
-            return f"Error: only {self.inventory[item]} {item} in stock"
+            return False, f"Error: only {self.inventory[item]} {item} in stock"
         self.inventory[item] += qty if call.name == "add_item" else -qty
-        return f"{item}: {self.inventory[item]}"
+        return True, f"{item}: {self.inventory[item]}"
+
+    def _run(self, text: str) -> str:
+        """The tool feedback on one response: the result of every call that ran, in order,
+        up to and including the first that failed (the calls after it, or after
+        ``finish``, do not run), the whole cut to ``max_result_chars``."""
+        try:
+            calls = parse_calls(text, set(PARAMETERS))
+        except CallSyntaxError as error:
+            self.parse_errors += 1
+            return cut_text(f"Error: {error}", self.max_result_chars)
+        if not calls:
+            return "Error: empty call list"
+        results = []
+        for position, call in enumerate(calls):
+            ok, result = self._execute(call)
+            results.append(result)
+            if not ok or self.answer is not None:
+                if position + 1 < len(calls):
+                    results.append(f"({len(calls) - position - 1} later call(s) not run)")
+                break
+        return cut_text("\n".join(results), self.max_result_chars)
 
     def step(self, action: str | None) -> None:
         agent = self.agent_selection
@@ -193,13 +225,7 @@ class raw_env(AECEnv):
             return
         text = as_text(action)[: self._action_space.max_length]
         self.messages.append({"role": "assistant", "content": text})
-        try:
-            results = [self._execute(call) for call in parse_calls(text, set(PARAMETERS))]
-            feedback = "\n".join(results) if results else "Error: empty call list"
-        except CallSyntaxError as error:
-            self.parse_errors += 1
-            feedback = f"Error: {error}"
-        self.messages.append({"role": "tool", "content": feedback})
+        self.messages.append({"role": "tool", "content": self._run(text)})
         self._cumulative_rewards[agent] = 0.0
         self.rewards = {a: 0.0 for a in self.agents}
         turn = self.possible_agents.index(agent)
