@@ -21,6 +21,7 @@ import json
 import os
 import re
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +233,9 @@ def _normalised_list(text: str) -> str | None:
     candidate = text if text.startswith("[") else "[" + text
     candidate = candidate if candidate.endswith("]") else candidate + "]"
     try:
-        return candidate if isinstance(ast.parse(candidate, mode="eval").body, ast.List) else None
+        with warnings.catch_warnings():  # e.g. an invalid escape in a string: not our concern
+            warnings.simplefilter("ignore")
+            return candidate if isinstance(ast.parse(candidate, mode="eval").body, ast.List) else None
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         return None
 
