@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import random
 import time
 from typing import Any, Hashable
 
@@ -67,13 +68,54 @@ def _runner_task_ids(env_runner, split: str = "train"):
     return _turn_envs(env_runner)[0].task_ids(split)
 
 
-def _sample_scheduled(env_runner, schedules: dict[int, list]):
-    """Sample one complete episode per entry of this runner's task schedule."""
+# -- seeding: a run resumed from its checkpoint draws the random numbers the uninterrupted
+# run would have drawn. RLlib seeds the global RNGs once, when an env runner or learner is
+# built, so a restored run would replay the noise of its first iterations. Instead, each
+# iteration's sampling and learning noise is seeded from (config.seed, iteration, stream,
+# runner / learner index); nothing about an RNG's state needs to be checkpointed.
+SAMPLING_STREAM, LEARNING_STREAM = 0, 1
+
+
+def _iteration_seeds(seed_key: tuple[int, int], stream: int, index: int, n: int = 1) -> list[int]:
+    """``n`` independent 32-bit seeds for ``stream`` of process ``index`` in the iteration
+    ``seed_key = (config.seed, iteration)``."""
+    state = np.random.SeedSequence([*seed_key, stream, index]).generate_state(n)
+    return [int(x) for x in state]
+
+
+def _seed_globals(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (CUDA ones included), as RLlib's
+    ``update_global_seed_if_necessary`` does, but without switching torch to deterministic
+    algorithms."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_learner(learner, seed_key: tuple[int, int]) -> None:
+    """Seed a learner's globals for this iteration's updates: numpy's shuffles the
+    minibatches (``shuffle_batch_per_epoch`` with several epochs), torch's draws dropout."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    _seed_globals(_iteration_seeds(seed_key, LEARNING_STREAM, rank)[0])
+
+
+def _sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int, int] | None = None):
+    """Sample one complete episode per entry of this runner's task schedule; with a
+    ``seed_key`` (config.seed, iteration), from generators seeded for this iteration and runner."""
     import collections
 
     schedule = schedules.get(env_runner.worker_index, [])
     if not schedule:
         return [], env_runner.get_metrics()
+    if seed_key is not None:
+        global_seed, module_seed = _iteration_seeds(seed_key, SAMPLING_STREAM, env_runner.worker_index, 2)
+        # RLlib samples actions from torch's global generator (the tabular module's
+        # distribution); modules that sample themselves take an explicit generator.
+        _seed_globals(global_seed)
+        for module in env_runner.module.values():
+            if hasattr(module, "seed_sampling"):
+                module.seed_sampling(module_seed)
     queue = collections.deque(schedule)
     for sub_env in _turn_envs(env_runner):
         sub_env.task_queue = queue
@@ -139,6 +181,8 @@ class SeeUPO(Algorithm):
             return
 
         # 2. Update the turns one after another (reverse order by default), carrying M.
+        if self._seed_key is not None:  # this iteration's learner noise (see _seed_learner)
+            self.learner_group.foreach_learner(functools.partial(_seed_learner, seed_key=self._seed_key))
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             self.update_policy(rollouts, advantages, rng)
 
@@ -293,6 +337,12 @@ class SeeUPO(Algorithm):
 
     # -- plumbing -------------------------------------------------------------------------
 
+    @property
+    def _seed_key(self) -> tuple[int, int] | None:
+        """``(config.seed, iteration)``, which seeds this iteration's sampling and learner
+        noise; None (nothing seeded) without ``config.seed``."""
+        return None if self.config.seed is None else (int(self.config.seed), int(self.iteration))
+
     @functools.cached_property
     def _module_class(self):
         return self.config.rl_module_spec.module_class
@@ -317,7 +367,7 @@ class SeeUPO(Algorithm):
             for j, w in enumerate(workers)
         }
         results = self.env_runner_group.foreach_env_runner(
-            functools.partial(_sample_scheduled, schedules=schedules),
+            functools.partial(_sample_scheduled, schedules=schedules, seed_key=self._seed_key),
             local_env_runner=local,
             remote_worker_ids=None if local else workers,
         )

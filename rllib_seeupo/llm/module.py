@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from typing import Any
 
 import numpy as np
@@ -141,13 +142,38 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
 
     # -- rollouts -----------------------------------------------------------------------
 
+    # Draws the sampled tokens (and vLLM's request seeds); None: torch's global generator.
+    sampling_generator: torch.Generator | None = None
+
+    def seed_sampling(self, seed: int) -> None:
+        """Sample from a generator seeded with ``seed`` from now on (SeeUPO seeds it per
+        iteration and env runner, so that a resumed run samples as the uninterrupted one)."""
+        device = next(self.model.parameters()).device
+        self.sampling_generator = torch.Generator(device=device).manual_seed(seed)
+
     def encode_prompt(self, observation: Any) -> list[int]:
-        """Prompt ids for one observation (a chat), with the response prefix pre-filled."""
+        """Prompt ids for one observation (a chat), with the response prefix pre-filled.
+
+        A chat whose text alone is longer than ``max_prompt_tokens`` tokens could hold (see
+        ``max_token_chars``) is not tokenised (a runaway chat would take minutes): its ids
+        are the response prefix after ``max_prompt_tokens`` end-of-text tokens, which is
+        over the budget as the chat itself is, and cheap."""
         messages = decode_messages(observation)
+        limit = self.settings["max_prompt_tokens"]
+        if sum(len(str(m.get("content", ""))) for m in messages) > limit * self.max_token_chars:
+            return [self.tokenizer.eos_token_id or 0] * (limit + 1) + list(self._prefix_ids)
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids) + list(self._prefix_ids)
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters that one token of the tokenizer spells out: a text of ``n``
+        characters has at least ``n / max_token_chars`` tokens. (A byte-level token's
+        string has one character per byte, at least as many as it decodes to.)"""
+        vocab = self.tokenizer.get_vocab()
+        return max(1, max(map(len, vocab)))
 
     def vllm_engine(self):
         """The vLLM engine (``engine: vllm``), started on first use."""
@@ -211,7 +237,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             scaled = logits.float() / temperature
             if sample:
                 warped = top_p(None, scaled) if top_p is not None else scaled
-                tokens = torch.multinomial(warped.softmax(-1), 1).squeeze(-1)
+                tokens = torch.multinomial(warped.softmax(-1), 1, generator=self.sampling_generator).squeeze(-1)
             else:
                 tokens = logits.argmax(-1)
             token_logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)

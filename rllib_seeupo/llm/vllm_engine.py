@@ -107,9 +107,12 @@ class VLLMEngine:
             return []
         self.sync_weights()
         module, s = self.module, self.module.settings
-        # Seeds come from torch's global generator (seeded per env runner by RLlib), one per
-        # request: rollouts of the same prompt must differ, runs must repeat.
-        seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
+        # One seed per request, from the module's sampling generator (seeded per iteration and
+        # env runner by SeeUPO) or else torch's global one (seeded per env runner by RLlib):
+        # rollouts of the same prompt must differ, runs must repeat.
+        generator = module.sampling_generator
+        device = generator.device if generator is not None else "cpu"
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=generator, device=device).tolist()
         params = [
             SamplingParams(
                 max_tokens=int(s["max_new_tokens"]),
