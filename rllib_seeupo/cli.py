@@ -8,17 +8,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rllib_seeupo.experiment import Experiment, algorithm_class, build_config, load_experiment, search_space
+from rllib_seeupo.experiment import (
+    ConfigError,
+    Experiment,
+    algorithm_class,
+    build_config,
+    check_env,
+    load_experiment,
+    parse_key_value,
+    search_space,
+    validate_experiment,
+)
 from rllib_seeupo.reporting import (
     iteration_record,
+    missing_stop_keys,
     plot_learning_curve,
     progress_line,
+    read_summary,
     should_stop,
     write_summary,
 )
@@ -97,6 +110,8 @@ def _train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
             record = iteration_record(result)
             records.append(record)
             print(progress_line(record), flush=True)
+            if len(records) == 1:
+                _check_stop_keys(record, result, experiment.stop)
             if experiment.checkpoint_freq and algo.iteration % experiment.checkpoint_freq == 0:
                 algo.save_to_path(checkpoint.resolve())
             if should_stop(record, result, experiment.stop) or not experiment.stop:
@@ -116,6 +131,33 @@ def _train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
         "wall_time_s": time.time() - start,
         "checkpoint": str(checkpoint),
     }
+
+
+def _check_stop_keys(record: dict[str, float], result: dict[str, Any], stop: dict[str, Any]) -> None:
+    """After the first iteration: a stop key that is in no result is noted (as Tune does);
+    when none of them is, the run could never stop, so it ends here."""
+    missing = missing_stop_keys(record, result, stop)
+    if not missing:
+        return
+    available = sorted({*record, *(k for k, v in result.items() if not isinstance(v, dict))})
+    if len(missing) == len(stop):
+        raise ConfigError(
+            f"stop key(s) {missing} are in no training result, so the run would never stop; "
+            f"use result keys ('/' nests), e.g. {available}"
+        )
+    print(f"note: stop key(s) {missing} are not in the training results", file=sys.stderr, flush=True)
+
+
+def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
+    """``path`` can be (or become) a folder: neither it nor a parent is an existing file."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is an existing file" if folder == path else f"is inside {str(folder)!r}, an existing file"
+                raise ConfigError(f"{flag} {str(path)!r} {what}, not a folder")
+            if not os.access(folder, os.W_OK):
+                raise ConfigError(f"{flag} {str(path)!r}: {str(folder)!r} is not writable")
+            return
 
 
 def train_with_tune(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
@@ -179,17 +221,31 @@ def train_with_tune(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     }
 
 
+class _NewApiStackNotice(logging.Filter):
+    """Drops RLlib's "You are running X on the new API stack!" notice: every algorithm
+    here runs on it, and the notice would precede a one-line error of the checks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "on the new API stack!" not in record.getMessage()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    notice = logging.getLogger("ray.rllib.algorithms.algorithm_config")
+    if not any(isinstance(f, _NewApiStackNotice) for f in notice.filters):
+        notice.addFilter(_NewApiStackNotice())
     experiment = load_experiment(args.file, args.set or [])
     if args.stop_iters is not None:
         experiment.stop["training_iteration"] = args.stop_iters
     out_dir = Path(args.output_dir or Path("results") / experiment.name)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir)
+    # Validate before any Ray start-up or output: a wrong config fails in seconds, naming
+    # the field (the config's settings, then the env built once and the model's name).
+    build_config(experiment).validate()
+    validate_experiment(experiment, args.file)
     use_tune = not args.no_tune or experiment.has_search_space()
     if args.no_tune and experiment.has_search_space():
         print("note: the experiment has a search space, so it runs through Tune", file=sys.stderr)
-    # Validate before any Ray start-up: a wrong config fails in a second, naming the field.
-    build_config(experiment).validate()
+    out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{experiment.run} on {experiment.env}: {experiment.name} -> {out_dir}", flush=True)
     run = train_with_tune(experiment, out_dir) if use_tune else train_in_process(experiment, out_dir)
     summary = {
@@ -244,35 +300,42 @@ def progress_bar(label: str):
 
 
 def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
-    import yaml
-
     values = {}
     for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{flag} expects key=value, got {item!r}")
-        key, _, raw = item.partition("=")
-        values[key.strip()] = yaml.safe_load(raw)
+        path, value = parse_key_value(item, flag)
+        if len(path) > 1:
+            raise ConfigError(f"{flag} {item!r}: expected a plain key=value (no '.' in the key)")
+        values[path[0]] = value
     return values
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a model or checkpoint on an env's held-out split; write eval.json and eval.md."""
-    import torch
-
-    from rllib_seeupo.evaluation import evaluate, load_module, markdown_table, module_policy
-    from rllib_seeupo.turn_env import make_turn_env
+    from rllib_seeupo.evaluation import check_model_spec
 
     name = args.env.removeprefix("seeupo/")
     env_config = _key_values(args.env_config, "--env-config")
     if args.categories:
         env_config["categories"] = [c for item in args.categories for c in item.split(",") if c]
     model_config = _key_values(args.model_config, "--model-config")
-    # Build the env first: a wrong env or env setting fails before a model loads.
-    task_ids = list(make_turn_env(name, env_config).task_ids(args.split))
+    out_dir = Path(args.output_dir)
+    check_output_dir(out_dir)
+    check_model_spec(args.model, model_config)
+    # Build the env first (once, not reset): a wrong env or env setting fails before a model loads.
+    env = check_env(f"seeupo/{name}", env_config, where="--env-config")
+    try:
+        task_ids = list(env.unwrapped.task_ids(args.split))
+    except (ValueError, KeyError, OSError) as error:
+        raise ConfigError(f"--split {args.split!r}: {error}") from None
     if args.episodes is not None:
         task_ids = task_ids[: args.episodes]
     if not task_ids:
-        raise ValueError(f"no tasks in split {args.split!r} of {args.env}")
+        raise ConfigError(f"no tasks in split {args.split!r} of {args.env}")
+
+    import torch
+
+    from rllib_seeupo.evaluation import evaluate, load_module, markdown_table, module_policy
+
     if args.threads:
         torch.set_num_threads(args.threads)
     module = load_module(args.model, model_config)
@@ -281,7 +344,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         module_policy(module), name, env_config, task_ids, k=args.k, sample=args.k > 1 or args.sample,
         batch_size=args.batch_size, progress=progress_bar("   eval"),
     )
-    out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "model": args.model, "env": args.env, "env_config": env_config, "model_config": model_config,
@@ -297,21 +359,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    summary = json.loads(Path(args.summary).read_text())
+    summary = read_summary(args.summary)
     out = Path(args.output or Path(args.summary).with_name("learning_curve.png"))
+    if out.is_dir():
+        raise ConfigError(f"--output {str(out)!r} is a folder; give a file name such as learning_curve.png")
+    check_output_dir(out.parent, "--output")
+    _check_image_format(out)
     plot_learning_curve(summary["iterations"], out, f"{summary['algorithm']} on {summary['env']}", summary.get("evaluation"))
     print(out)
     return 0
 
 
+def _check_image_format(path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix and suffix not in formats:
+        raise ConfigError(f"--output {str(path)!r}: unknown image format {suffix!r}; allowed: {', '.join(sorted(formats))}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rllib_seeupo", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m rllib_seeupo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run a YAML tuned example")
     train.add_argument("file", help="tuned-example YAML")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. lr=0.1 or stop.training_iteration=5")
-    train.add_argument("--stop-iters", type=int, help="stop after this many iterations")
+    train.add_argument("--stop-iters", type=_positive_int, help="stop after this many iterations")
     train.add_argument("--output-dir", help="where summary.json, the plot and checkpoints go")
     train.add_argument("--no-tune", action="store_true", help="train in this process instead of as a Tune trial")
     train.set_defaults(func=cmd_train)
@@ -319,16 +411,16 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("eval", help="evaluate a model or checkpoint on an env's held-out tasks")
     ev.add_argument("--env", required=True, help="tool_tasks, bfcl, appworld, ... (with or without 'seeupo/')")
     ev.add_argument("--model", default="smollm2-135m-instruct",
-                    help="algorithm or RLModule checkpoint, packaged alias, model folder or hub id")
+                    help="algorithm or RLModule checkpoint, packaged alias, model folder or hf:<hub id>")
     ev.add_argument("--categories", action="append", help="env categories (BFCL), comma-separated")
     ev.add_argument("--split", default="test", help="task split (default: test)")
-    ev.add_argument("--episodes", type=int, help="evaluate the first N tasks of the split (default: all)")
-    ev.add_argument("--k", type=int, default=1, help="episodes per task; k > 1 samples (avg@k, pass@k)")
+    ev.add_argument("--episodes", type=_positive_int, help="evaluate the first N tasks of the split (default: all)")
+    ev.add_argument("--k", type=_positive_int, default=1, help="episodes per task; k > 1 samples (avg@k, pass@k)")
     ev.add_argument("--sample", action="store_true", help="sample even with k=1 (default: greedy)")
-    ev.add_argument("--batch-size", type=int, default=32, help="episodes played at once")
+    ev.add_argument("--batch-size", type=_positive_int, default=32, help="episodes played at once")
     ev.add_argument("--env-config", action="append", metavar="KEY=VALUE", help="env setting, e.g. max_turns=3")
     ev.add_argument("--model-config", action="append", metavar="KEY=VALUE", help="module setting, e.g. max_new_tokens=64")
-    ev.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ev.add_argument("--threads", type=_positive_int, help="torch intra-op threads (default: torch's)")
     ev.add_argument("--output-dir", required=True, help="where eval.json and eval.md go")
     ev.set_defaults(func=cmd_eval)
 
@@ -337,9 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("--output")
     plot.set_defaults(func=cmd_plot)
 
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help (0) or a usage error (2, already printed)
+        return exit.code if isinstance(exit.code, int) else 2
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
         return 2

@@ -138,10 +138,45 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+# What ``model_config`` may change on a restored checkpoint: how it decodes, not its
+# weights or prompt format.
+CHECKPOINT_OVERRIDES = ("max_prompt_tokens", "max_new_tokens", "temperature", "top_p", "stop_strings")
+
+
+def check_model_spec(model: str, model_config: dict[str, Any] | None = None) -> None:
+    """Cheap checks of ``load_module``'s arguments (nothing is loaded, nothing looked up
+    online): ``model`` is a checkpoint, a packaged alias, a model folder or ``hf:<id>``,
+    and ``model_config`` sets only what that kind of model allows. Raises a ValueError."""
+    from rllib_seeupo.llm.models import check_model, is_checkpoint
+
+    try:
+        check_model(model, checkpoints=True)
+    except ValueError as error:
+        raise ValueError(f"--model: {error}") from None
+    overrides = set(model_config or {})
+    if is_checkpoint(model):
+        if overrides - set(CHECKPOINT_OVERRIDES):
+            raise ValueError(
+                f"model_config overrides for a checkpoint may only set {sorted(CHECKPOINT_OVERRIDES)}, "
+                f"got {sorted(overrides)}"
+            )
+        return
+    from rllib_seeupo.llm.module import DEFAULTS
+
+    unknown = sorted(overrides - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown --model-config key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
+    if "model" in overrides:
+        try:
+            check_model(model_config["model"])
+        except ValueError as error:
+            raise ValueError(f"--model-config model: {error}") from None
+
+
 def load_module(model: str, model_config: dict[str, Any] | None = None):
     """A text policy module for evaluation from ``model``: an algorithm checkpoint (its
     shared module, with the settings it was trained with), an RLModule checkpoint, or a
-    model for ``LLMRLModule`` (a packaged alias, a local folder or a hub id).
+    model for ``LLMRLModule`` (a packaged alias, a local folder or ``hf:<hub id>``).
     ``model_config`` overrides settings (e.g. ``max_new_tokens``) in every case."""
     from pathlib import Path
 
@@ -150,6 +185,7 @@ def load_module(model: str, model_config: dict[str, Any] | None = None):
 
     from rllib_seeupo.turn_env import SHARED_MODULE_ID
 
+    check_model_spec(model, model_config)
     overrides = dict(model_config or {})
     path = Path(model)
     if (path / "rllib_checkpoint.json").exists() and (path / "learner_group").exists():
@@ -158,7 +194,7 @@ def load_module(model: str, model_config: dict[str, Any] | None = None):
         module = RLModule.from_checkpoint(path.resolve())
         if overrides:
             # A restored module keeps its weights and prompt format; only how it decodes may change.
-            allowed = {"max_prompt_tokens", "max_new_tokens", "temperature", "top_p", "stop_strings"}
+            allowed = set(CHECKPOINT_OVERRIDES)
             if not hasattr(module, "settings") or set(overrides) - allowed:
                 raise ValueError(
                     f"model_config overrides for a checkpoint may only set {sorted(allowed)}, got {sorted(overrides)}"

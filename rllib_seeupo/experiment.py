@@ -40,7 +40,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import inspect
 import math
+import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,57 @@ TOP_LEVEL_KEYS = {"env", "run", "stop", "config", "checkpoint_freq", "num_sample
 # skips the first measurement where it is known (the same base model in every run of a study).
 EVALUATION_KEYS = {"split", "num_tasks", "k", "batch_size", "before"}
 SPECIAL_CONFIG_KEYS = {"module_class", "model_config", "callbacks"}
+
+
+class ConfigError(ValueError):
+    """A bad experiment file, override or command-line value; the message names it."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2's exponent floats: ``1e-4`` is a number, as in
+    JSON, not the string that YAML 1.1 makes of it (``--set lr=1e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """``while scanning ...: found ...`` from a PyYAML error, on one line."""
+    parts = [getattr(error, "context", None), getattr(error, "problem", None)]
+    text = ": ".join(p for p in parts if p) or str(error)
+    return " ".join(text.split())
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """``text`` parsed as YAML; a syntax error becomes a ConfigError naming ``where`` and,
+    for a file, the line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: invalid YAML{at}: {_yaml_problem(error)}") from None
+
+
+def parse_key_value(item: str, flag: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` (from ``flag``, e.g. ``--set``) -> (["a", "b"], value read as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"{flag} expects key=value, got {item!r}")
+    key, _, raw = item.partition("=")
+    path = [part.strip() for part in key.split(".")]
+    if not all(path):
+        raise ConfigError(f"{flag} {item!r}: empty key; expected key=value or section.key=value")
+    try:
+        value = yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{flag} {item!r}: value {raw!r} is not valid YAML{at}: {_yaml_problem(error)}") from None
+    return path, value
 
 
 @dataclasses.dataclass
@@ -125,39 +180,79 @@ def _has_search(value: Any) -> bool:
 
 def import_object(path: str) -> Any:
     """``"package.module.Name"`` -> the object."""
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"expected a dotted path like 'package.module.Name', got {path!r}")
-    return getattr(importlib.import_module(module_name), attr)
+    module_name, _, attr = path.rpartition(".") if isinstance(path, str) else ("", "", "")
+    if not module_name or not attr:
+        raise ConfigError(f"expected a dotted path like 'package.module.Name', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"cannot import {path!r}: {error}") from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"cannot import {path!r}: module {module_name!r} has no {attr!r}")
+    return getattr(module, attr)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"config.lr=0.1"`` -> (["config", "lr"], 0.1). Keys without a top-level section
     (``lr=0.1``) go under ``config``; the value is read as YAML."""
-    if "=" not in text:
-        raise ValueError(f"--set expects key=value, got {text!r}")
-    key, _, raw = text.partition("=")
-    path = key.strip().split(".")
+    path, value = parse_key_value(text, "--set")
     if path[0] not in TOP_LEVEL_KEYS:
         path = ["config", *path]
-    return path, yaml.safe_load(raw)
+    return path, value
+
+
+def _apply_override(spec: dict[str, Any], text: str) -> None:
+    keys, value = parse_override(text)
+    node = spec
+    for depth, key in enumerate(keys[:-1]):
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            raise ConfigError(
+                f"--set {text!r}: {'.'.join(keys[: depth + 1])} is {node!r}, not a mapping, "
+                f"so it has no key {keys[depth + 1]!r}"
+            )
+    node[keys[-1]] = value
+
+
+def read_text_file(path: Path, what: str = "file") -> str:
+    """The text of ``path``; a missing file or a folder is a ConfigError naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a {what}")
+    if not path.exists():
+        raise ConfigError(f"{path}: no such {what}")
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a text {what} ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the {what}: {error.strerror or error}") from None
 
 
 def _read_spec(path: Path, seen: tuple[Path, ...] = ()) -> tuple[str, dict[str, Any]]:
     """The experiment name and settings of one YAML file, with its ``base`` merged in."""
     path = Path(path)
     if path.resolve() in seen:
-        raise ValueError(f"{path}: 'base' files form a cycle")
-    with open(path) as f:
-        document = yaml.safe_load(f)
+        raise ConfigError(f"{path}: 'base' files form a cycle")
+    document = read_yaml(read_text_file(path, "YAML file"), str(path))
     if not isinstance(document, dict) or len(document) != 1:
-        raise ValueError(f"{path}: expected exactly one experiment (a mapping name -> settings)")
+        raise ConfigError(f"{path}: expected exactly one experiment (a mapping name -> settings)")
     (name, spec), = document.items()
+    if spec is not None and not isinstance(spec, dict):
+        raise ConfigError(f"{path}: the settings of experiment {name!r} must be a mapping, got {spec!r}")
     spec = copy.deepcopy(spec or {})
     if "base" in spec:
-        _, base = _read_spec(path.parent / spec.pop("base"), (*seen, path.resolve()))
+        base_name = spec.pop("base")
+        if not isinstance(base_name, str) or not base_name:
+            raise ConfigError(f"{path}: 'base' must name a YAML file, got {base_name!r}")
+        base_path = path.parent / base_name
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base file {base_name!r} not found (looked for {base_path})")
+        _, base = _read_spec(base_path, (*seen, path.resolve()))
         spec = merge_patch(base, spec)
-    return name, spec
+    return str(name), spec
 
 
 def merge_patch(base: Any, patch: Any) -> Any:
@@ -182,39 +277,199 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     so a variant names only what differs from its main example."""
     name, spec = _read_spec(Path(path))
     for text in overrides:
-        keys, value = parse_override(text)
-        node = spec
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
+        _apply_override(spec, text)
     unknown = set(spec) - TOP_LEVEL_KEYS
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)} in experiment {name!r}; allowed: {sorted(TOP_LEVEL_KEYS)}")
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} in experiment {name!r}; allowed: {sorted(TOP_LEVEL_KEYS)}")
+    for key in ("stop", "config", "evaluation"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise ConfigError(f"{path}: {key} must be a mapping, got {spec[key]!r}")
     unknown = set(spec.get("evaluation") or {}) - EVALUATION_KEYS
     if unknown:
-        raise ValueError(f"{path}: unknown evaluation key(s) {sorted(unknown)}; allowed: {sorted(EVALUATION_KEYS)}")
-    if not isinstance((spec.get("evaluation") or {}).get("before", True), bool):
-        raise ValueError(f"{path}: evaluation.before must be true or false")
+        raise ConfigError(f"{path}: unknown evaluation key(s) {sorted(unknown)}; allowed: {sorted(EVALUATION_KEYS)}")
+    evaluation = dict(spec.get("evaluation") or {})
+    if not isinstance(evaluation.get("before", True), bool):
+        raise ConfigError(f"{path}: evaluation.before must be true or false")
+    for key in ("num_tasks", "k", "batch_size"):
+        _check_int(evaluation, key, 1, f"{path}: evaluation.{key}")
+    if not isinstance(evaluation.get("split", "test"), str):
+        raise ConfigError(f"{path}: evaluation.split must be a split name, got {evaluation['split']!r}")
     for required in ("env", "run"):
         if required not in spec:
-            raise ValueError(f"{path}: experiment {name!r} needs a {required!r} key")
+            raise ConfigError(f"{path}: experiment {name!r} needs a {required!r} key")
+        if not isinstance(spec[required], str) or not spec[required]:
+            raise ConfigError(f"{path}: {required} must be a name, got {spec[required]!r}")
+    stop = dict(spec.get("stop") or {})
+    check_stop(stop, f"{path}: stop")
+    _check_int(spec, "checkpoint_freq", 0, f"{path}: checkpoint_freq")
+    _check_int(spec, "num_samples", 1, f"{path}: num_samples")
+    if spec.get("torch_threads") is not None:
+        _check_int(spec, "torch_threads", 1, f"{path}: torch_threads")
+    if not isinstance(spec.get("metric", ""), str):
+        raise ConfigError(f"{path}: metric must be a result key like 'rollouts/reward_mean', got {spec['metric']!r}")
+    if spec.get("mode", "max") not in ("max", "min"):
+        raise ConfigError(f"{path}: mode must be 'max' or 'min', got {spec['mode']!r}")
+    config = dict(spec.get("config") or {})
+    for key in ("env_config", "model_config"):
+        if not isinstance(config.get(key) or {}, dict):
+            raise ConfigError(f"{path}: config.{key} must be a mapping, got {config[key]!r}")
+    for key in ("module_class", "callbacks"):
+        if key in config and not isinstance(config[key], str):
+            raise ConfigError(f"{path}: config.{key} must be a dotted path like 'package.module.Name', got {config[key]!r}")
     try:
-        _check_search_axes(spec.get("config") or {})
+        _check_search_axes(config)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise ConfigError(f"{path}: {error}") from None
     return Experiment(
         name=name,
         run=spec["run"],
         env=spec["env"],
-        stop=dict(spec.get("stop") or {}),
-        config=dict(spec.get("config") or {}),
+        stop=stop,
+        config=config,
         checkpoint_freq=int(spec.get("checkpoint_freq", 0)),
         num_samples=int(spec.get("num_samples", 1)),
         metric=spec.get("metric", "rollouts/reward_mean"),
         mode=spec.get("mode", "max"),
-        evaluation=dict(spec.get("evaluation") or {}),
+        evaluation=evaluation,
         torch_threads=spec.get("torch_threads"),
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(settings: dict[str, Any], key: str, minimum: int, where: str) -> None:
+    if key in settings and not (_is_int(settings[key]) and settings[key] >= minimum):
+        raise ConfigError(f"{where} must be an integer >= {minimum}, got {settings[key]!r}")
+
+
+def check_stop(stop: dict[str, Any], where: str = "stop") -> None:
+    """Stop criteria are result keys (``a/b`` nests, as in Tune) with numeric thresholds:
+    training stops once any result reaches its value (``reporting.should_stop``)."""
+    for key, value in stop.items():
+        if not isinstance(key, str) or not key or any(not part for part in key.split("/")):
+            raise ConfigError(f"{where}: {key!r} is not a result key (e.g. training_iteration, env_runners/episode_return_mean)")
+        if isinstance(value, dict):
+            raise ConfigError(f"{where}.{key} must be a number; nest result keys with '/', e.g. '{key}/...: 1.0'")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            raise ConfigError(f"{where}.{key} must be a number (training stops once the result reaches it), got {value!r}")
+
+
+def _env_parameters(module) -> list[str] | None:
+    """The settings ``envs.<name>.env(**config)`` accepts (its class's parameters when
+    ``env`` forwards ``**config``); None when they cannot be listed."""
+    for target in (module.env, getattr(module, "raw_env", None)):
+        if target is None:
+            continue
+        try:
+            parameters = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return None
+
+
+def check_env(env: str, env_config: Any = None, *, where: str = "env_config", splits: dict[str, str] | None = None):
+    """Check an env name and its settings before anything starts; returns the env.
+
+    A ``seeupo/<name>`` env is built once, here (``envs.<name>.env(**env_config)``, never
+    reset: no server or model is contacted), so an unknown name or setting fails in the
+    driver, naming it; ``splits`` (label -> split) are checked to have tasks. Other names
+    are RLlib's: a gymnasium id or a Tune-registered name (a namespaced ``ns/Name``,
+    ``module:Name`` or dotted class path is passed on unchecked); returns None for them."""
+    from rllib_seeupo.turn_env import ENV_PACKAGES
+
+    seeupo = [f"seeupo/{name}" for name in ENV_PACKAGES]
+    if not isinstance(env_config or {}, dict):
+        raise ConfigError(f"{where} must be a mapping of env settings, got {env_config!r}")
+    env_config = dict(env_config or {})
+    if not env.startswith("seeupo/"):
+        import gymnasium
+        from ray.tune.registry import ENV_CREATOR, _global_registry
+
+        if env in gymnasium.registry or _global_registry.contains(ENV_CREATOR, env) or any(c in env for c in "/:."):
+            return None
+        hint = f"; did you mean 'seeupo/{env}'?" if env in ENV_PACKAGES else ""
+        raise ConfigError(
+            f"unknown env {env!r}: not one of {', '.join(seeupo)}, a gymnasium id or a registered env{hint}"
+        )
+    name = env.removeprefix("seeupo/")
+    if name not in ENV_PACKAGES:
+        raise ConfigError(f"unknown env {env!r}; allowed: {', '.join(seeupo)}")
+    module = importlib.import_module(f"envs.{name}")
+    allowed = _env_parameters(module)
+    unknown = [key for key in env_config if allowed is not None and key not in allowed]
+    if unknown:
+        keys = ", ".join(repr(k) for k in unknown)
+        raise ConfigError(
+            f"unknown {where} key{'s' if len(unknown) > 1 else ''} {keys} for {env}; allowed: {', '.join(allowed)}"
+        )
+    try:
+        built = module.env(**env_config)
+    except (TypeError, ValueError, KeyError, ImportError, OSError) as error:
+        kind = "" if isinstance(error, (ValueError, ImportError)) else f"{type(error).__name__}: "
+        raise ConfigError(f"{where} for {env}: {kind}{error}") from None
+    for label, split in (splits or {}).items():
+        try:
+            tasks = built.unwrapped.task_ids(split)
+        except (ValueError, KeyError, OSError) as error:
+            raise ConfigError(f"{label}: {error}") from None
+        if not len(tasks):
+            raise ConfigError(f"{label}: no tasks in split {split!r} of {env}")
+    return built
+
+
+def _model_candidates(value: Any) -> list[Any]:
+    kind = _search_kind(value)
+    return list(value[kind]) if kind in ("grid_search", "choice") else [value]
+
+
+def validate_experiment(experiment: Experiment, where: str | Path = "") -> None:
+    """The checks that need more than the file: the env is built once (unknown env names
+    and settings fail here) and an LLM module's model is checked to exist (a packaged
+    alias, a folder or ``hf:<hub id>``; nothing is loaded). Run before Ray starts.
+    A relative model folder becomes absolute (Tune trials run in their own folders)."""
+    prefix = f"{where}: " if where else ""
+    settings = _first_of_grids(experiment.config)
+    from rllib_seeupo.presets import ALGORITHMS
+
+    splits = {}
+    if experiment.env.startswith("seeupo/"):
+        if experiment.run in ALGORITHMS:  # ours draw training tasks from the train split
+            splits[f"env {experiment.env}"] = "train"
+        if experiment.evaluation:
+            splits["evaluation.split"] = experiment.evaluation.get("split", "test")
+    try:
+        check_env(experiment.env, settings.get("env_config"), splits=splits)
+    except ConfigError as error:
+        raise ConfigError(f"{prefix}{error}") from None
+    if "module_class" not in settings:
+        return
+    module_class = import_object(settings["module_class"])
+    # A subclass of the LLM module has imported it; nothing else needs torch here.
+    llm = sys.modules.get("rllib_seeupo.llm.module")
+    if llm is None or not (isinstance(module_class, type) and issubclass(module_class, llm.LLMRLModule)):
+        return
+    model_config = settings.get("model_config") or {}
+    unknown = sorted(set(model_config) - set(llm.DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}unknown model_config key(s) {unknown} for {module_class.__name__}; allowed: {sorted(llm.DEFAULTS)}"
+        )
+    from rllib_seeupo.llm.models import check_model
+
+    raw_config = experiment.config.get("model_config") or {}
+    plain = not _search_kind(raw_config)
+    raw = (raw_config if plain else model_config).get("model", llm.DEFAULTS["model"])
+    for model in _model_candidates(raw):
+        try:
+            check_model(model)
+        except ValueError as error:
+            raise ConfigError(f"{prefix}model_config.model: {error}") from None
+    if plain and isinstance(raw, str) and not Path(raw).is_absolute() and Path(raw).is_dir():
+        experiment.config["model_config"]["model"] = os.path.abspath(raw)
 
 
 def algorithm_class(run: str):
@@ -231,7 +486,7 @@ def algorithm_class(run: str):
 
     if run not in RLLIB_ALGORITHMS:
         known = sorted(set(ALGORITHMS) | set(RLLIB_ALGORITHMS))
-        raise ValueError(f"unknown algorithm run: {run!r}; known: {known} (or a dotted path to an Algorithm class)")
+        raise ConfigError(f"unknown algorithm run: {run!r}; known: {known} (or a dotted path to an Algorithm class)")
     return RLLIB_ALGORITHMS[run]()[0]  # imports only that algorithm
 
 
@@ -257,10 +512,16 @@ def build_config(experiment: Experiment, *, resolve_search: bool = True):
 
         turn_agent_settings(config)
     config.update_from_dict(settings)
+    def imported(key: str):
+        try:
+            return import_object(special[key])
+        except ConfigError as error:
+            raise ConfigError(f"experiment {experiment.name!r}: config.{key}: {error}") from None
+
     if "module_class" in special or "model_config" in special:
         spec_kwargs = {}
         if "module_class" in special:
-            spec_kwargs["module_class"] = import_object(special["module_class"])
+            spec_kwargs["module_class"] = imported("module_class")
         module_kwargs = {}
         if spec_kwargs:
             module_kwargs["rl_module_spec"] = RLModuleSpec(**spec_kwargs)
@@ -268,7 +529,7 @@ def build_config(experiment: Experiment, *, resolve_search: bool = True):
             module_kwargs["model_config"] = special["model_config"]
         config.rl_module(**module_kwargs)
     if "callbacks" in special:
-        config.callbacks(import_object(special["callbacks"]))
+        config.callbacks(imported("callbacks"))
     return config
 
 

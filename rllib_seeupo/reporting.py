@@ -92,6 +92,51 @@ def should_stop(record: dict[str, float], result: dict[str, Any], stop: dict[str
     return False
 
 
+def missing_stop_keys(record: dict[str, float], result: dict[str, Any], stop: dict[str, Any]) -> list[str]:
+    """The ``stop`` keys that name no number in this result (``should_stop`` never fires on them)."""
+    missing = []
+    for key in stop:
+        node: Any = result
+        for part in key.split("/"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if key not in record and _scalar(node) is None:
+            missing.append(key)
+    return missing
+
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    """A ``summary.json`` written by ``train``; a missing file, a file that is not JSON or
+    JSON of another shape is a ValueError naming the file and what is expected."""
+    from rllib_seeupo.experiment import ConfigError, read_text_file
+
+    path = Path(path)
+    text = read_text_file(path, "summary.json file")
+    try:
+        summary = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    expected = "a summary.json of `train`: an object with 'algorithm', 'env' and a list 'iterations'"
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path}: is a JSON {type(summary).__name__}, expected {expected}")
+    missing = [key for key in ("algorithm", "env", "iterations") if key not in summary]
+    if missing:
+        raise ConfigError(f"{path}: no {', '.join(repr(k) for k in missing)}; expected {expected}")
+    if not isinstance(summary["iterations"], list):
+        raise ConfigError(f"{path}: 'iterations' is not a list; expected {expected}")
+    for i, record in enumerate(summary["iterations"]):
+        bad = [k for k, v in record.items() if _scalar(v) is None] if isinstance(record, dict) else None
+        if bad is None or bad:
+            what = "is not an object" if bad is None else f"has non-numeric {bad[0]!r}"
+            raise ConfigError(f"{path}: iterations[{i}] {what}; each record maps metric names to numbers")
+    evaluation = summary.get("evaluation")
+    if evaluation is not None and not (
+        isinstance(evaluation, dict)
+        and all(isinstance(v, dict) and _scalar(v.get("success_rate")) is not None for v in evaluation.values())
+    ):
+        raise ConfigError(f"{path}: 'evaluation' must map 'before'/'after' to results with a 'success_rate'")
+    return summary
+
+
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "summary.json"

@@ -59,7 +59,7 @@ def test_appworld_tuned_example_loads_and_validates():
     assert config.lr == 1e-6 and config.tasks_per_iteration == 32 and config.group_size == 8
     assert config.kl_coeff == 0.002 and config.clip_param == 0.2 and config.compound_clip == 0.2
     assert config.env_config["max_turns"] == 10
-    assert config.model_config["model"] == "Qwen/Qwen3-14B" and config.model_config["temperature"] == 0.9
+    assert config.model_config["model"] == "hf:Qwen/Qwen3-14B" and config.model_config["temperature"] == 0.9
     # One AppWorld server per parallel env.
     parallel = max(1, config.num_env_runners) * config.num_envs_per_env_runner
     assert len(config.env_config["server_urls"]) == parallel
