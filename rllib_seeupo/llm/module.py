@@ -7,7 +7,7 @@ with T the sampling temperature, in both places, so recorded and recomputed log-
 agree (``top_p < 1`` samples from a truncated distribution and breaks that equality).
 
 ``model_config``:
-    model: a packaged alias (``smollm2-135m-instruct``), a local folder or a hub id.
+    model: a packaged alias (``smollm2-135m-instruct``), a local folder or ``hf:<hub id>``.
     dtype: ``float32`` (default) or ``bfloat16``.
     lora: ``{rank, alpha, dropout, target_modules}`` for a LoRA adapter (peft); None trains
         every weight. With LoRA the KL reference is the same model with the adapter
