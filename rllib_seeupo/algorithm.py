@@ -100,6 +100,31 @@ def _seed_learner(learner, seed_key: tuple[int, int]) -> None:
     _seed_globals(_iteration_seeds(seed_key, LEARNING_STREAM, rank)[0])
 
 
+def _minibatches(num_rows: int, size: int | None, num_epochs: int, shuffle: bool, rng: np.random.Generator):
+    """Row indices of each minibatch of a turn update: ``num_epochs`` passes over the rows,
+    each split into minibatches of at most ``size`` rows (None: one), shuffled per pass when
+    split. Unlike RLlib's cyclic iterator, no row is taken twice in a pass."""
+    size = size or num_rows
+    for _ in range(num_epochs):
+        order = rng.permutation(num_rows) if shuffle and size < num_rows else np.arange(num_rows)
+        for start in range(0, num_rows, size):
+            yield order[start : start + size]
+
+
+def _begin_turn_update(learner, **kwargs) -> None:
+    if hasattr(learner, "begin_turn_update"):
+        learner.begin_turn_update(**kwargs)
+
+
+def _end_turn_update(learner) -> None:
+    if hasattr(learner, "end_turn_update"):
+        learner.end_turn_update()
+
+
+def _turn_stopped(learner) -> bool:
+    return bool(getattr(learner, "turn_stopped", False))
+
+
 def _sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int, int] | None = None):
     """Sample one complete episode per entry of this runner's task schedule; with a
     ``seed_key`` (config.seed, iteration), from generators seeded for this iteration and runner."""
@@ -244,11 +269,19 @@ class SeeUPO(Algorithm):
             self.metrics.log_value((ROLLOUTS, "dropped_turns"), dropped, window=1)
             turns = {k for k in turns if k < config.max_turns}
         schedule = objectives.update_schedule(order, turns, rng)
-        carry_m = config.compound_ratio == CompoundRatio.STEPWISE and order != UpdateOrder.PARALLEL
+        compound_ratio = CompoundRatio.NONE if order == UpdateOrder.PARALLEL else CompoundRatio(config.compound_ratio)
         compound = {r.episode_id: 1.0 for r in rollouts}  # M, keyed by episode id
+        updated = []  # the columns of the turns updated so far (cumulative M)
         for position, group in enumerate(schedule):
             last = position + 1 == len(schedule)
-            self._update_turns(group, rollouts, advantages, compound, carry_m=carry_m and not last, timings=timings)
+            if compound_ratio == CompoundRatio.CUMULATIVE and updated:
+                self._cumulative_compound(updated, compound, timings)
+            columns = self._update_turns(
+                group, rollouts, advantages, compound, rng,
+                carry_m=compound_ratio == CompoundRatio.STEPWISE and not last, timings=timings,
+            )
+            if compound_ratio == CompoundRatio.CUMULATIVE and not last:
+                updated.append(columns)
         # Split the learner's share into its forward, backward and optimizer step.
         inside = self._learner_call(lambda learner: getattr(learner, "pop_phase_seconds", dict)())
         timings["learner_overhead"] = timings.pop("learner_update") - inside.get("update_step", 0.0)
@@ -266,13 +299,17 @@ class SeeUPO(Algorithm):
         rollouts: list[Rollout],
         advantages: np.ndarray,
         compound: dict[str, float],
+        rng: np.random.Generator,
         *,
         carry_m: bool,
         timings: dict[str, float],
-    ) -> None:
-        """One learner update on the rows of ``turns`` (a single turn, or all of them for a
-        parallel update); then, if ``carry_m``, fold this update's ratio change into M.
-        Adds the seconds of each phase to ``timings``."""
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """One turn update on the rows of ``turns`` (a single turn, or all of them for a
+        parallel update): ``num_epochs_per_turn`` passes, each split into shuffled
+        minibatches of at most ``minibatch_size`` rows (every row once per pass), one
+        optimizer step each; then, if ``carry_m``, fold this update's ratio change into M.
+        Adds the seconds of each phase to ``timings``; returns the rows' columns and episode
+        ids (for the cumulative M)."""
         config = self.config
         clock = time.perf_counter()
 
@@ -283,8 +320,17 @@ class SeeUPO(Algorithm):
             clock = now
 
         rows = [(i, k) for k in turns for i, r in enumerate(rollouts) if k in r.turns]
+        if config.shuffle_batch_per_epoch:  # minibatches mix turns (parallel) and tasks
+            rows = [rows[j] for j in rng.permutation(len(rows))]
         columns = self._module_class.collate_turn_rows([rollouts[i].turns[k] for i, k in rows])
+        index = np.array([i for i, _ in rows])
+        episode_ids = [rollouts[i].episode_id for i in index]
+        key = turn_metrics_key(np.array([k for _, k in rows]))
         lap("collate")
+        if config.skip_zero_advantage_updates and not np.any(advantages[index]):
+            # No signal: no step at all (Adam's carried moments would still move the weights).
+            self.metrics.log_value((LEARNER_RESULTS, SHARED_MODULE_ID, key, "skipped"), 1.0, window=1)
+            return columns, episode_ids
         # With one full-batch step on a local learner, pi_old (the current weights) is what
         # the update's own forward pass computes: no separate recompute is needed.
         single_step = config.num_epochs_per_turn == 1 and config.minibatch_size is None and self.learner_group.is_local
@@ -295,29 +341,34 @@ class SeeUPO(Algorithm):
         old = columns[BEHAVIOUR_LOGP] if config.old_policy == "rollout" else before
         if old is not None:
             columns[OLD_LOGP] = old
-        index = np.array([i for i, _ in rows])
-        m = np.array([compound[rollouts[i].episode_id] for i in index], dtype=np.float32)
+        m = np.array([compound[e] for e in episode_ids], dtype=np.float32)
         columns[ADVANTAGES] = advantages[index]
         columns[COMPOUND_FACTOR] = m
         columns[TURN] = np.array([k for _, k in rows], dtype=np.int64)
         lap("collate")
-        results = self.learner_group.update(
-            batch=MultiAgentBatch({SHARED_MODULE_ID: SampleBatch(columns)}, env_steps=len(rows)),
-            timesteps={
-                NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
-                    (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
-                )
-            },
-            num_epochs=config.num_epochs_per_turn,
-            minibatch_size=config.minibatch_size,
-            shuffle_batch_per_epoch=config.shuffle_batch_per_epoch,
-        )
-        lap("learner_update")
-        self.metrics.aggregate(results, key=LEARNER_RESULTS)
+        self.learner_group.foreach_learner(functools.partial(
+            _begin_turn_update, turn_key=key, optimizer_state=config.turn_optimizer_state, target_kl=config.turn_target_kl,
+        ))
+        for part in _minibatches(len(rows), config.minibatch_size, config.num_epochs_per_turn, config.shuffle_batch_per_epoch, rng):
+            results = self.learner_group.update(
+                batch=MultiAgentBatch({SHARED_MODULE_ID: SampleBatch({k: v[part] for k, v in columns.items()})}, env_steps=len(part)),
+                timesteps={
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+                },
+                num_epochs=1,
+                minibatch_size=None,
+            )
+            lap("learner_update")
+            # Aggregated once per minibatch: the per-turn figures are their means.
+            self.metrics.aggregate(results, key=LEARNER_RESULTS)
+            lap("metrics")
+            if config.turn_target_kl is not None and self._learner_call(_turn_stopped):
+                break
+        self.learner_group.foreach_learner(_end_turn_update)
         self.metrics.log_dict(
             {"compound_factor_mean": float(m.mean()), "compound_factor_min": float(m.min()),
              "compound_factor_max": float(m.max())},
-            key=(LEARNER_RESULTS, SHARED_MODULE_ID, turn_metrics_key(columns[TURN])),
+            key=(LEARNER_RESULTS, SHARED_MODULE_ID, key),
             window=1,
         )
         lap("metrics")
@@ -331,9 +382,27 @@ class SeeUPO(Algorithm):
                 torch.tensor(after), torch.tensor(before), torch.tensor(columns[RESPONSE_MASK])
             )
             new_m = objectives.update_compound_factor(torch.tensor(m), torch.exp(log_rho), config.compound_clip)
-            for i, value in zip(index, new_m.tolist()):
-                compound[rollouts[i].episode_id] = value
+            for episode_id, value in zip(episode_ids, new_m.tolist()):
+                compound[episode_id] = value
             lap("compound_update")
+        return columns, episode_ids
+
+    def _cumulative_compound(self, updated: list[tuple[dict[str, np.ndarray], list[str]]], compound: dict[str, float],
+                             timings: dict[str, float]) -> None:
+        """M of every rollout as the joint ratio of its turns updated so far (``updated``:
+        their columns and episode ids), current weights against the rollout policy."""
+        start = time.perf_counter()
+        log_sum = dict.fromkeys(compound, 0.0)
+        for columns, episode_ids in updated:
+            now = self._response_logp(columns)
+            log_s = objectives.sequence_log_ratio(
+                torch.tensor(now), torch.tensor(columns[BEHAVIOUR_LOGP]), torch.tensor(columns[RESPONSE_MASK])
+            )
+            for episode_id, value in zip(episode_ids, log_s.tolist()):
+                log_sum[episode_id] += value
+        factors = objectives.cumulative_compound_factor(torch.tensor(list(log_sum.values()), dtype=torch.float64), self.config.compound_clip)
+        compound.update(zip(log_sum, factors.tolist()))
+        timings["compound_update"] += time.perf_counter() - start
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from rllib_seeupo.objectives import AdvantageNorm, CompoundRatio, RatioLevel, UpdateOrder
+from rllib_seeupo.objectives import AdvantageClip, AdvantageNorm, CompoundRatio, RatioLevel, UpdateOrder
 from rllib_seeupo.turn_env import SHARED_MODULE_ID, shared_module_mapping
 
 if TYPE_CHECKING:
     from ray.rllib.core.learner.learner import Learner
 
 OLD_POLICY_SOURCES = ("current", "rollout")
+# What happens to the optimizer's state (Adam's moments) between turn updates.
+TURN_OPTIMIZER_STATES = ("shared", "reset_first_moment", "per_turn")
 
 
 class SeeUPOConfig(AlgorithmConfig):
@@ -43,6 +45,7 @@ class SeeUPOConfig(AlgorithmConfig):
         self.update_order = UpdateOrder.REVERSE.value
         self.advantage_norm = AdvantageNorm.BATCH.value
         self.advantage_clip = 3.0
+        self.advantage_clip_mode = AdvantageClip.CLAMP.value
         self.ratio_level = RatioLevel.SEQUENCE.value
         self.clip_param = 0.2
         self.compound_ratio = CompoundRatio.STEPWISE.value
@@ -53,6 +56,9 @@ class SeeUPOConfig(AlgorithmConfig):
         self.minibatch_size = None
         self.old_policy = "current"
         self.max_turns = None
+        self.skip_zero_advantage_updates = False
+        self.turn_optimizer_state = "shared"
+        self.turn_target_kl = None
         self.lr = 1e-5
         self.shuffle_batch_per_epoch = True
         # Rollouts: whole episodes, one shared module for every turn agent.
@@ -74,6 +80,7 @@ class SeeUPOConfig(AlgorithmConfig):
         update_order: str = NotProvided,
         advantage_norm: str = NotProvided,
         advantage_clip: float | None = NotProvided,
+        advantage_clip_mode: str = NotProvided,
         ratio_level: str = NotProvided,
         clip_param: float = NotProvided,
         compound_ratio: str = NotProvided,
@@ -83,6 +90,9 @@ class SeeUPOConfig(AlgorithmConfig):
         num_epochs_per_turn: int = NotProvided,
         old_policy: str = NotProvided,
         max_turns: int | None = NotProvided,
+        skip_zero_advantage_updates: bool = NotProvided,
+        turn_optimizer_state: str = NotProvided,
+        turn_target_kl: float | None = NotProvided,
         **kwargs,
     ) -> "SeeUPOConfig":
         """Sets SeeUPO's training settings (and any of ``AlgorithmConfig.training``'s).
@@ -95,9 +105,15 @@ class SeeUPOConfig(AlgorithmConfig):
             advantage_norm: ``batch`` (one std over the batch, then clip), ``none``,
                 ``group_std`` (GRPO) or ``leave_one_out`` (RLOO).
             advantage_clip: Bound c of ``batch`` advantages; None disables the clip.
+            advantage_clip_mode: ``clamp`` (each advantage to [-c, c]) or ``scale_group``
+                (a group whose largest |A| exceeds c is scaled down as a whole, so that its
+                advantages still sum to zero).
             ratio_level: ``sequence`` (GSPO's geometric-mean ratio) or ``token``.
             clip_param: PPO clip range eps of the ratio.
-            compound_ratio: ``stepwise`` (HAPPO's factor M carried between turns) or ``none``.
+            compound_ratio: ``stepwise`` (HAPPO's factor M: the product of each updated
+                turn's ratio change around its own update), ``cumulative`` (the joint ratio
+                of the turns updated so far, current weights against the rollout policy) or
+                ``none``.
             compound_clip: Clip range eps_M of M.
             kl_coeff: beta of the k3 KL to the reference (initial) policy.
             entropy_coeff: Coefficient of the entropy bonus.
@@ -107,6 +123,15 @@ class SeeUPOConfig(AlgorithmConfig):
                 updated before it (recomputed); ``rollout``: the sampling policy.
             max_turns: Train turns 0 .. max_turns-1 only; later turns of longer episodes are
                 left out of every update (counted in ``rollouts/dropped_turns``). None: all.
+            skip_zero_advantage_updates: Skip a turn update whose advantages are all zero
+                (no signal): no optimizer step, so Adam's carried moments cannot move the
+                weights either.
+            turn_optimizer_state: ``shared`` (one optimizer state across all turn updates),
+                ``reset_first_moment`` (Adam's first moment zeroed before every turn update)
+                or ``per_turn`` (one optimizer state per turn; not saved in checkpoints).
+            turn_target_kl: Stop a turn's update (no further minibatch steps) once the k3 KL
+                of the current policy from pi_old, measured on a minibatch before its step,
+                exceeds this. None: never.
         """
         super().training(**kwargs)
         for name, value in dict(
@@ -124,6 +149,10 @@ class SeeUPOConfig(AlgorithmConfig):
             num_epochs_per_turn=num_epochs_per_turn,
             old_policy=old_policy,
             max_turns=max_turns,
+            advantage_clip_mode=advantage_clip_mode,
+            skip_zero_advantage_updates=skip_zero_advantage_updates,
+            turn_optimizer_state=turn_optimizer_state,
+            turn_target_kl=turn_target_kl,
         ).items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -142,6 +171,7 @@ class SeeUPOConfig(AlgorithmConfig):
             ("advantage_norm", AdvantageNorm),
             ("ratio_level", RatioLevel),
             ("compound_ratio", CompoundRatio),
+            ("advantage_clip_mode", AdvantageClip),
         ):
             allowed = [e.value for e in enum_cls]
             if getattr(self, field) not in allowed and getattr(self, field) not in list(enum_cls):
@@ -168,6 +198,14 @@ class SeeUPOConfig(AlgorithmConfig):
                 fail(field, "must be a finite number" + (" >= 0" if field == "kl_coeff" else ""))
         if self.old_policy not in OLD_POLICY_SOURCES:
             fail("old_policy", f"must be one of {list(OLD_POLICY_SOURCES)}")
+        if self.turn_optimizer_state not in TURN_OPTIMIZER_STATES:
+            fail("turn_optimizer_state", f"must be one of {list(TURN_OPTIMIZER_STATES)}")
+        if not isinstance(self.skip_zero_advantage_updates, bool):
+            fail("skip_zero_advantage_updates", "must be true or false")
+        if self.turn_target_kl is not None and not (
+            isinstance(self.turn_target_kl, (int, float)) and self.turn_target_kl > 0
+        ):
+            fail("turn_target_kl", "must be a number > 0 or None")
         if self.max_turns is not None and (not isinstance(self.max_turns, int) or self.max_turns < 1):
             fail("max_turns", "must be an integer >= 1 or None")
         if self.minibatch_size is not None and (not isinstance(self.minibatch_size, int) or self.minibatch_size < 1):

@@ -39,6 +39,41 @@ class SeeUPOTorchLearner(TorchLearner):
             self.module[module_id].unwrapped().entropy_grad = bool(self.config.entropy_coeff)
         # Seconds per phase of the updates since the last `pop_phase_seconds()`.
         self._phase_seconds: collections.Counter = collections.Counter()
+        # The turn update under way (see begin_turn_update).
+        self._turn_key: str | None = None
+        self._target_kl: float | None = None
+        self.turn_stopped = False
+        self._per_turn_state = False
+        self._turn_optimizer_states: dict[tuple[str, str], dict] = {}  # (turn key, optimizer name) -> state
+
+    # -- one turn update: its optimizer state and its KL early stop -----------------------
+
+    def begin_turn_update(self, turn_key: str, *, optimizer_state: str = "shared", target_kl: float | None = None) -> None:
+        """Prepare the steps of one turn update (``turn_key``: ``turn_k`` or ``all_turns``).
+
+        ``optimizer_state``: ``shared`` leaves the optimizer as it is; ``reset_first_moment``
+        zeroes Adam's first moment (the direction carried from the last turn's steps);
+        ``per_turn`` swaps in this turn's own optimizer state (empty the first time).
+        ``target_kl``: once a minibatch's forward pass shows a k3 KL from pi_old above it,
+        that step and every later one of this turn update are skipped (``turn_stopped``).
+        """
+        self._turn_key, self._target_kl, self.turn_stopped = turn_key, target_kl, False
+        self._per_turn_state = optimizer_state == "per_turn"
+        for name, optimizer in self._named_optimizers.items():
+            if optimizer_state == "reset_first_moment":
+                for state in optimizer.state.values():
+                    if "exp_avg" in state:
+                        state["exp_avg"].zero_()
+            elif self._per_turn_state:
+                optimizer.state = self._turn_optimizer_states.pop((turn_key, name), collections.defaultdict(dict))
+
+    def end_turn_update(self) -> None:
+        """Keep a ``per_turn`` optimizer state for the turn's next update."""
+        if self._per_turn_state:
+            for name, optimizer in self._named_optimizers.items():
+                self._turn_optimizer_states[(self._turn_key, name)] = optimizer.state
+                optimizer.state = collections.defaultdict(dict)
+        self._turn_key, self._target_kl, self._per_turn_state = None, None, False
 
     @contextlib.contextmanager
     def _timed(self, phase: str):
@@ -89,9 +124,13 @@ class SeeUPOTorchLearner(TorchLearner):
             entropy=fwd_out.get(RESPONSE_ENTROPY),
             entropy_coeff=config.entropy_coeff,
         )
-        self._turn_key = turn_metrics_key(batch[TURN])
+        if self._target_kl is not None and stats["kl_old"] > self._target_kl:
+            self.turn_stopped = True  # this step and the rest of the turn update are skipped
+        key = self._turn_key or turn_metrics_key(batch[TURN])
+        self._metrics_key = key
         stats["rows"] = batch[RESPONSE_MASK].any(dim=-1).sum().float()
-        self.metrics.log_dict(stats, key=(module_id, self._turn_key), window=1)
+        stats["stopped"] = torch.tensor(float(self.turn_stopped))
+        self.metrics.log_dict(stats, key=(module_id, key), window=1)
         self.metrics.log_dict(
             {k: stats[k] for k in ("policy_loss", "ratio_mean", "clip_fraction")}, key=module_id, window=1
         )
@@ -104,7 +143,7 @@ class SeeUPOTorchLearner(TorchLearner):
         if norms:
             grad_norm = torch.linalg.vector_norm(torch.stack(norms))
             for module_id in loss_per_module:
-                self.metrics.log_value((module_id, self._turn_key, "grad_norm"), grad_norm, window=1)
+                self.metrics.log_value((module_id, self._metrics_key, "grad_norm"), grad_norm, window=1)
         return grads
 
     def postprocess_gradients(self, gradients_dict: ParamDict) -> ParamDict:
@@ -112,6 +151,8 @@ class SeeUPOTorchLearner(TorchLearner):
             return super().postprocess_gradients(gradients_dict)
 
     def apply_gradients(self, gradients_dict: ParamDict) -> None:
+        if self.turn_stopped:  # the turn's KL early stop: no step (Adam would move on zero grads)
+            return
         with self._timed("optimizer_step"):
             super().apply_gradients(gradients_dict)
 

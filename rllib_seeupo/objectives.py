@@ -44,7 +44,19 @@ class UpdateOrder(str, enum.Enum):
 
 class CompoundRatio(str, enum.Enum):
     STEPWISE = "stepwise"  # HAPPO's factor (Kuba et al. 2022), clipped at every step
+    # The joint ratio of the turns updated before, current weights against the rollout
+    # policy: under shared weights it also sees what later updates did to earlier turns.
+    CUMULATIVE = "cumulative"
     NONE = "none"
+
+
+class AdvantageClip(str, enum.Enum):
+    """How ``batch`` advantages are bounded by ``clip`` (``advantage_clip_mode``)."""
+
+    CLAMP = "clamp"  # clamp each advantage: a rare success is cut, its failures are not
+    # Scale each group whose largest |A| exceeds the bound down as a whole: every group's
+    # advantages keep summing to zero (no net push on the sampled responses).
+    SCALE_GROUP = "scale_group"
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -67,14 +79,18 @@ def group_relative_advantages(
     *,
     norm: AdvantageNorm | str = AdvantageNorm.BATCH,
     clip: float | None = 3.0,
+    clip_mode: AdvantageClip | str = AdvantageClip.CLAMP,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Group-relative advantages (GRAE) for N rollouts.
 
     ``A~_i = R_i - mean_{j in G(i)} R_j``, then by ``norm``:
-    - ``batch``: ``clip(A~ / (std over the batch's rollouts of A~ + eps), -clip, clip)``. One
-      positive scalar for the whole batch keeps the mirror-learning drift condition that a
-      per-group std breaks (SeeUPO, section 4).
+    - ``batch``: ``A~ / (std over the batch's rollouts of A~ + eps)``, bounded by ``clip``.
+      One positive scalar for the whole batch keeps the mirror-learning drift condition
+      that a per-group std breaks (SeeUPO, section 4). ``clip_mode="clamp"`` clamps each
+      advantage to ``[-clip, clip]``, which breaks a group's zero sum when its rewards are
+      skewed (one success in 8: +3.00 against 7 x -0.76 after the clamp); ``"scale_group"``
+      multiplies a group by ``clip / max |A|`` when that is below 1, keeping the sum at 0.
     - ``none``: ``A~``.
     - ``group_std``: ``A~ / (std_{G(i)} R + eps)`` (GRPO; for ablations).
     - ``leave_one_out``: ``R_i - mean_{j in G(i), j != i} R_j`` (RLOO).
@@ -101,8 +117,13 @@ def group_relative_advantages(
     elif norm == AdvantageNorm.BATCH:
         scale = centred.std(unbiased=False) if centred.numel() > 1 else centred.new_zeros(())
         advantages = centred / (scale + eps) if scale > 0 else torch.zeros_like(centred)
-        if clip:
+        if clip and AdvantageClip(clip_mode) == AdvantageClip.CLAMP:
             advantages = advantages.clamp(-clip, clip)
+        elif clip:
+            largest = torch.zeros(num_groups, dtype=torch.float64).scatter_reduce_(
+                0, group_index, advantages.abs(), reduce="amax"
+            )
+            advantages = advantages * (clip / largest.clamp(min=clip))[group_index]
     elif norm == AdvantageNorm.GROUP_STD:
         sq = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group_index, centred**2)
         # Unbiased per-group std, as in GRPO's reference implementations.
@@ -151,6 +172,23 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     ``exp(ref - logp) - (ref - logp) - 1`` (non-negative, unbiased). Shapes ``(B, L)``."""
     log_ratio = (ref_logp - logp).clamp(-20.0, 20.0)
     return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def cumulative_compound_factor(log_ratio_sum: torch.Tensor, clip: float) -> torch.Tensor:
+    """HAPPO's factor read as the joint ratio of the turns updated before this one:
+    ``M_k = clip(prod_{j updated} s_j(theta_current) / s_j(theta_rollout), 1-eps_M, 1+eps_M)``.
+
+    Unlike the stepwise product (each factor measured around its own turn's update), the
+    ratios are taken at the current weights against the rollout policy, so with one shared
+    set of weights the drift that later updates caused on earlier turns' responses counts.
+
+    Args:
+        log_ratio_sum: ``(N,)`` per rollout, the sum over the turns updated so far of
+            ``log s_j`` (current vs rollout); 0 for a rollout with no such turn.
+    Returns:
+        ``(N,)`` M.
+    """
+    return torch.exp(log_ratio_sum).clamp(1.0 - clip, 1.0 + clip)
 
 
 def update_compound_factor(compound_factor: torch.Tensor, ratio: torch.Tensor, clip: float) -> torch.Tensor:
@@ -213,20 +251,26 @@ def policy_loss(
         return torch.where(rows, per_row, torch.zeros_like(per_row)).sum() / num_rows
 
     seq_ratio = torch.exp(sequence_log_ratio(logp, old_logp, mask))
+    stats = {}
     if ratio_level == RatioLevel.SEQUENCE:
         surrogate = clipped_surrogate_loss(seq_ratio, advantages, compound_factor, clip)
-        clipped = (seq_ratio - 1.0).abs() > clip
-        clip_fraction = row_mean(clipped.float())
     else:
         token_ratio = torch.exp(logp - old_logp)
         surrogate = masked_mean(clipped_surrogate_loss(token_ratio, advantages, compound_factor, clip), mask, dim=-1)
-        clip_fraction = masked_mean(((token_ratio - 1.0).abs() > clip).float(), mask)
+        # The share of a row's tokens whose ratio left the clip range, averaged over rows.
+        stats["token_clip_fraction"] = row_mean(masked_mean(((token_ratio - 1.0).abs() > clip).float(), mask, dim=-1))
     loss = row_mean(surrogate)
-    stats = {
-        "policy_loss": loss.detach(),
-        "ratio_mean": row_mean(seq_ratio).detach(),
-        "clip_fraction": clip_fraction.detach(),
-    }
+    with torch.no_grad():
+        stats |= {
+            "policy_loss": loss,
+            "ratio_mean": row_mean(seq_ratio),
+            # At one level for every algorithm: the share of rows whose sequence ratio left
+            # [1 - clip, 1 + clip].
+            "clip_fraction": row_mean(((seq_ratio - 1.0).abs() > clip).float()),
+            # k3 KL of the current policy from pi_old on the sampled responses (drift).
+            "kl_old": row_mean(masked_mean(kl_k3(logp, old_logp), mask, dim=-1)),
+        }
+    stats = {k: v.detach() for k, v in stats.items()}
     if kl_coeff:
         if ref_logp is None:
             raise ValueError("policy_loss: kl_coeff > 0 needs ref_logp")

@@ -78,6 +78,23 @@ class BanditInstance:
             index = index * self.num_actions + int(a)
         return index
 
+    def state_features(self) -> np.ndarray:
+        """``(num_states, C + T + (T - 1) * (K + 1))`` a one-hot description of every state
+        id: its context, its turn and, per earlier turn, the action taken there (or "not
+        yet" / "hidden"). Policies that share parameters across turns read these."""
+        C, T, K = self.num_contexts, self.num_turns, self.num_actions
+        features = np.zeros((self.num_states, C + T + (T - 1) * (K + 1)), dtype=np.float32)
+        for c in range(C):
+            for k in range(T):
+                hidden = self.observation == "partial"
+                for prefix in [(0,) * k] if hidden else itertools.product(range(K), repeat=k):
+                    row = features[self.state_id(c, prefix)]
+                    row[c] = row[C + k] = 1.0
+                    for j in range(T - 1):
+                        slot = prefix[j] if j < k and not hidden else K
+                        row[C + T + j * (K + 1) + slot] = 1.0
+        return features
+
     def reward(self, context: int, actions: tuple[int, ...] | list[int]) -> float:
         return float(self.rewards[context, self.sequence_index(actions)])
 

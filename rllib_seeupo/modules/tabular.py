@@ -35,8 +35,12 @@ class TabularSoftmaxRLModule(TorchRLModule, ValueFunctionAPI, TurnPolicyAPI):
         self.values = torch.nn.Parameter(torch.zeros(num_states))
         self.register_buffer("reference_logits", logits.clone())
 
+    def state_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """``(B, num_actions)`` the logits at the ``(B,)`` state ids."""
+        return self.logits[states]
+
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        return {Columns.ACTION_DIST_INPUTS: self.logits[batch[Columns.OBS].long()]}
+        return {Columns.ACTION_DIST_INPUTS: self.state_logits(batch[Columns.OBS].long())}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         out = self._forward(batch)
@@ -47,8 +51,9 @@ class TabularSoftmaxRLModule(TorchRLModule, ValueFunctionAPI, TurnPolicyAPI):
         return out
 
     def response_logp(self, batch: dict[str, torch.Tensor], *, reference: bool = False) -> torch.Tensor:
-        table = self.reference_logits if reference else self.logits
-        log_probs = torch.log_softmax(table[batch[Columns.OBS].long()], dim=-1)
+        states = batch[Columns.OBS].long()
+        logits = self.reference_logits[states] if reference else self.state_logits(states)
+        log_probs = torch.log_softmax(logits, dim=-1)
         return log_probs.gather(-1, batch[Columns.ACTIONS].long()[:, None])
 
     @classmethod
@@ -66,4 +71,45 @@ class TabularSoftmaxRLModule(TorchRLModule, ValueFunctionAPI, TurnPolicyAPI):
     def action_probabilities(self) -> np.ndarray:
         """``(num_states, num_actions)`` the current policy, for exact objectives."""
         with torch.no_grad():
-            return torch.softmax(self.logits, dim=-1).cpu().numpy()
+            states = torch.arange(self.observation_space.n, device=self.reference_logits.device)
+            return torch.softmax(self.state_logits(states), dim=-1).cpu().numpy()
+
+
+class SharedMLPSoftmaxRLModule(TabularSoftmaxRLModule):
+    """``pi(a | s) = softmax(W2 tanh(W1 phi(s) + b1) + b2)`` on the bandit, with ``phi(s)``
+    the one-hot context, turn and history of state ``s`` (``BanditInstance.state_features``).
+
+    The hidden layer is shared by every turn, so a turn's update moves the other turns'
+    action probabilities too: the shared-weight case of one LLM serving every turn, in
+    miniature, with J(pi) still exact. The last layer starts at zero (a uniform policy);
+    the KL reference is the initial policy (a table, not a parameter).
+
+    ``model_config``: ``bandit`` (the env's ``num_turns``, ``num_actions``,
+    ``num_contexts`` and ``observation``), ``hidden`` (units, default 32).
+    """
+
+    def setup(self):
+        from envs.bandit import make_instance
+
+        spec = {k: v for k, v in dict(self.model_config.get("bandit") or {}).items()
+                if k in ("num_turns", "num_actions", "num_contexts", "observation")}
+        features = torch.as_tensor(make_instance(**spec).state_features())
+        if features.shape[0] != self.observation_space.n:
+            raise ValueError(
+                f"SharedMLPSoftmaxRLModule: model_config.bandit {spec} describes {features.shape[0]} states, "
+                f"the env has {self.observation_space.n}: give it the env's num_turns, num_actions, "
+                "num_contexts and observation"
+            )
+        hidden = int(self.model_config.get("hidden", 32))
+        self.register_buffer("features", features)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(features.shape[1], hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, self.action_space.n)
+        )
+        torch.nn.init.zeros_(self.net[2].weight)
+        torch.nn.init.zeros_(self.net[2].bias)
+        self.values = torch.nn.Parameter(torch.zeros(self.observation_space.n))
+        with torch.no_grad():
+            self.register_buffer("reference_logits", self.net(features).clone())
+
+    def state_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return self.net(self.features[states])
