@@ -38,6 +38,8 @@ TUNED = ROOT / "tuned_examples"
 ENVS = {
     # env -> (tuned-example glob, suffix to strip from the stem, curve metric, default budget)
     "bandit": ("bandit_*.yaml", "", "optimality_ratio", 15360),
+    # The same bandit with one MLP for every turn (shared weights, as with one LLM).
+    "bandit_shared": ("bandit_shared_*.yaml", "", "optimality_ratio", 7680),
     "tool_tasks": ("tool_tasks_*_smollm2.yaml", "_smollm2", "rollouts/success_rate", 480),
 }
 FALLBACK_METRIC = "reward_mean"
@@ -51,6 +53,8 @@ def tuned_examples(env: str) -> dict[str, Path]:
     pattern, suffix, _, _ = ENVS[env]
     found = {}
     for path in sorted(TUNED.glob(pattern)):
+        if env == "bandit" and path.stem.startswith("bandit_shared_"):
+            continue  # the shared-weight bandit is an env of its own here
         label = path.stem.removeprefix(f"{env}_").removesuffix(suffix)
         if not load_experiment(path).has_search_space():
             found[label] = path
@@ -121,6 +125,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
+def paired_difference(runs: list[dict], baseline: list[dict], budget: int) -> tuple[float, float, int] | None:
+    """Mean over the seeds both have of (final - baseline's final), the half-width of its 95%
+    interval (Student's t) and the number of pairs; None with fewer than two pairs."""
+    from scipy import stats
+
+    base = {r["seed"]: summarise(r["curve"], budget)["final"] for r in baseline}
+    diffs = [summarise(r["curve"], budget)["final"] - base[r["seed"]] for r in runs if r["seed"] in base]
+    if len(diffs) < 2:
+        return None
+    mean, std = _mean_std(diffs)
+    sample_std = std * math.sqrt(len(diffs) / (len(diffs) - 1))
+    return mean, float(stats.t.ppf(0.975, len(diffs) - 1)) * sample_std / math.sqrt(len(diffs)), len(diffs)
+
+
 def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
     metric = {r["metric"] for rs in runs.values() for r in rs}
     held_out = any("eval_success_after" in r["final"] for rs in runs.values() for r in rs)
@@ -128,17 +146,19 @@ def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
         f"{env}: {', '.join(sorted(metric))} at a budget of {args.budget} env steps, seeds {args.seeds} "
         "(mean +- std over seeds; per seed in brackets)",
         "",
-        "| algorithm | runs | final | area under curve | collapses | best | wall s / run |"
+        f"| algorithm | runs | final | final - {args.baseline} (paired, 95% CI) | area under curve | collapses | best | wall s / run |"
         + (" held-out success before -> after |" if held_out else ""),
-        "|---|---|---|---|---|---|---|" + ("---|" if held_out else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if held_out else ""),
     ]
     for label, rs in runs.items():
         stats = [summarise(r["curve"], args.budget) for r in rs]
         final, auc, best = (_mean_std([s[k] for s in stats]) for k in ("final", "auc", "best"))
         wall = sum(r["wall_time_s"] for r in rs) / len(rs)
         per_seed = ", ".join(f"{st['final']:.2f}" for st in stats)
+        paired = paired_difference(rs, runs.get(args.baseline, []), args.budget) if label != args.baseline else None
+        diff = "-" if paired is None else f"{paired[0]:+.3f} +- {paired[1]:.3f} (n={paired[2]})"
         row = (
-            f"| {label} | {len(rs)} | {final[0]:.3f} +- {final[1]:.3f} [{per_seed}] | "
+            f"| {label} | {len(rs)} | {final[0]:.3f} +- {final[1]:.3f} [{per_seed}] | {diff} | "
             f"{auc[0]:.3f} +- {auc[1]:.3f} | "
             f"{sum(s['collapsed'] for s in stats)}/{len(rs)} | {best[0]:.3f} | {wall:.0f} |"
         )
@@ -211,6 +231,7 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=None, help="labels of tuned examples (default: all of the "
                         "env); LABEL@KEY=VALUE[@KEY=VALUE] is a variant of one with its own overrides")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--baseline", default=MAIN, help="label the paired differences are taken against")
     parser.add_argument("--budget", type=int, default=None, help="env steps per run (default: bandit 15360, tool_tasks 480)")
     parser.add_argument("--metric", default=None, help="the curve's metric (default: the env's)")
     parser.add_argument("--model", default=None, help="LLM envs: model_config.model for every run ('tiny': a random "

@@ -245,3 +245,33 @@ def test_cumulative_m_sees_what_shared_weights_did_to_earlier_updated_turns(ray_
             algo.stop()
     assert factors["stepwise"][2] == factors["cumulative"][2] == 1.0
     assert abs(factors["stepwise"][0] - factors["cumulative"][0]) > 1e-4
+
+
+def test_drift_diagnostic_ranks_a_restarted_trust_region_above_the_rollout_anchor(ray_session):
+    """Measured with benchmarks/drift.py: on shared weights with several steps per turn,
+    recomputing pi_old before each turn lets the iteration drift several times further from
+    the rollout policy than anchoring every turn there (with the cumulative M)."""
+    from rllib_seeupo.diagnostics import policy_drift
+
+    from pathlib import Path
+
+    from rllib_seeupo.experiment import build_config, load_experiment
+
+    example = Path(__file__).resolve().parents[1] / "tuned_examples" / "bandit_shared_seeupo.yaml"
+    drift, batches = {}, []
+    for name, settings in (("released", ["old_policy=current", "compound_ratio=stepwise"]),
+                           ("anchored", ["old_policy=rollout", "compound_ratio=cumulative"])):
+        overrides = ["minibatch_size=16", "num_epochs_per_turn=2", "lr=0.03", *settings]
+        algo = build_config(load_experiment(example, overrides)).build_algo()
+        try:
+            rng = np.random.default_rng(0)
+            rollouts, advantages = algo.sample_rollouts(rng)
+            batches.append([r.reward for r in rollouts])
+            algo.update_policy(rollouts, advantages, rng)
+            drift[name] = policy_drift(algo, rollouts, advantages)
+        finally:
+            algo.stop()
+    assert batches[0] == batches[1]  # the same batch, replayed
+    for turn in ("turn_0", "turn_1", "turn_2"):
+        assert drift["released"][turn]["kl"] > 2 * drift["anchored"][turn]["kl"] > 0, (turn, drift)
+        assert abs(drift["released"][turn]["advantage_sum"]) < 1e-4
