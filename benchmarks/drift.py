@@ -49,7 +49,8 @@ def drift_of(example: Path, overrides: list[str]) -> tuple[dict, str, float | No
     from rllib_seeupo.diagnostics import policy_drift
     from rllib_seeupo.experiment import build_config, load_experiment
 
-    algo = build_config(load_experiment(example, overrides)).build_algo()
+    # No held-out evaluation: only the one update's drift is measured.
+    algo = build_config(load_experiment(example, ["evaluation=null", *overrides])).build_algo()
     try:
         rng = np.random.default_rng([algo.config.seed or 0, 0])
         rollouts, advantages = algo.sample_rollouts(rng)

@@ -61,7 +61,8 @@ def build_algorithm(args):
             overrides.append("model_config.lora=null")
         elif args.lora_rank is not None:
             overrides.append(f"model_config.lora.rank={args.lora_rank}")
-    experiment = load_experiment(TUNED_EXAMPLES[args.env], overrides + list(args.set))
+    # No held-out evaluation: only the updates are timed.
+    experiment = load_experiment(TUNED_EXAMPLES[args.env], ["evaluation=null", *overrides, *args.set])
     return experiment, build_config(experiment).build_algo()
 
 

@@ -8,6 +8,7 @@ from ray.tune.registry import register_trainable
 
 from rllib_seeupo.algorithm import SeeUPO
 from rllib_seeupo.config import SeeUPOConfig
+from rllib_seeupo.evaluation import HeldOutEvaluation, held_out_evaluation
 from rllib_seeupo.presets import (
     ALGORITHMS,
     GRAEReinforce,
@@ -33,10 +34,12 @@ __all__ = [
     "GRPOConfig",
     "GSPO",
     "GSPOConfig",
+    "HeldOutEvaluation",
     "RLOO",
     "RLOOConfig",
     "SHARED_MODULE_ID",
     "SeeUPO",
     "SeeUPOConfig",
+    "held_out_evaluation",
     "ppo_config",
 ]

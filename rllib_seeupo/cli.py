@@ -21,13 +21,14 @@ from rllib_seeupo.experiment import (
     algorithm_class,
     build_config,
     check_env,
+    evaluation_settings,
     load_experiment,
     parse_key_value,
     search_space,
     validate_experiment,
 )
 from rllib_seeupo.reporting import (
-    iteration_record,
+    RunRecorder,
     missing_stop_keys,
     plot_learning_curve,
     progress_line,
@@ -45,38 +46,40 @@ def _init_ray() -> None:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="WARNING")
 
 
-def _final(records: list[dict[str, float]]) -> dict[str, float]:
-    final = dict(records[-1]) if records else {}
-    for key in ("optimality_ratio", "reward_mean"):
-        values = [r[key] for r in records if key in r]
-        if values:
-            final[f"best_{key}"] = max(values)
-    return final
+class _InProcessTrial:
+    """What Tune's logger callbacks read of a trial, for a run outside Tune: they then write
+    the files of a Tune trial (``events.out.tfevents.*``, ``result.json``, ``progress.csv``,
+    ``params.json``) into ``local_path``."""
+
+    def __init__(self, local_path: Path, config: dict[str, Any]):
+        self.local_path = str(local_path)
+        self.config = config
+        self.evaluated_params: dict[str, Any] = {}
+        self.trial_id = None
+        self.checkpoint = None  # nothing to restore the logs from
+
+    def init_local_path(self) -> None:
+        Path(self.local_path).mkdir(parents=True, exist_ok=True)
 
 
-def evaluate_algorithm(algo, experiment: Experiment, label: str) -> dict[str, Any]:
-    """Greedy held-out evaluation of the algorithm's current policy (``evaluation:`` key)."""
-    from rllib_seeupo.evaluation import evaluate, module_policy
-    from rllib_seeupo.turn_env import SHARED_MODULE_ID, make_turn_env
+def _result_loggers():
+    """Tune's default logger callbacks (CSV, JSON, TensorBoard), as every Tune trial gets."""
+    from ray.tune.utils.callback import DEFAULT_CALLBACK_CLASSES
 
-    spec = experiment.evaluation
-    name = experiment.env.split("/", 1)[-1]
-    env_config = dict(algo.config.env_config)
-    task_ids = list(make_turn_env(name, env_config).task_ids(spec.get("split", "test")))[: int(spec.get("num_tasks", 100))]
-    last = [0.0]
+    loggers = []
+    for cls in DEFAULT_CALLBACK_CLASSES:
+        try:
+            loggers.append(cls())
+        except ImportError:  # TensorBoard's writer (tensorboardX) is not installed
+            pass
+    return loggers
 
-    def progress(done: int, total: int) -> None:
-        if done == total or time.time() - last[0] > 30:
-            last[0] = time.time()
-            print(f"   eval {label}: {done}/{total} episodes", flush=True)
 
-    result = evaluate(
-        module_policy(algo.get_module(SHARED_MODULE_ID)), name, env_config, task_ids,
-        k=int(spec.get("k", 1)), batch_size=int(spec.get("batch_size", 64)), progress=progress,
-    )
-    print(f"   eval {label}: success {result['success_rate']:.3f} on {result['num_episodes']} episodes "
-          f"({result['seconds']:.0f} s)", flush=True)
-    return result
+def _print_before(recorder: RunRecorder, prefix: str = "") -> None:
+    before = recorder.evaluation.get("before")
+    if before is not None and len(recorder.records) == 1:
+        print(f"{prefix}held-out before training: success {before['success_rate']:.3f} "
+              f"on {before['num_episodes']} episodes", flush=True)
 
 
 def train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
@@ -97,39 +100,56 @@ def train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
 def _train_in_process(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     _init_ray()
     config = build_config(experiment)
+    # Held-out evaluation is the algorithm's (RLlib's evaluation config, see
+    # `rllib_seeupo.evaluation`): before training when it is built, then in the iterations
+    # of its interval, so the records carry what a Tune trial's results carry.
     algo = config.build_algo()
-    records: list[dict[str, float]] = []
+    recorder = RunRecorder(experiment.metric)
+    trial = _InProcessTrial(out_dir / experiment.name / "in_process", config.to_dict())
+    loggers = _result_loggers()
+    trial.init_local_path()
+    for logger in loggers:
+        logger.log_trial_start(trial)
     start = time.time()
     checkpoint = out_dir / "checkpoint"
-    evaluations = {}
     try:
-        if experiment.evaluation and experiment.evaluation.get("before", True):
-            evaluations["before"] = evaluate_algorithm(algo, experiment, "before training")
         while True:
             result = algo.train()
-            record = iteration_record(result)
-            records.append(record)
+            record = recorder.add(result)
+            for logger in loggers:
+                logger.log_trial_result(algo.iteration, trial, result)
+            _print_before(recorder)
             print(progress_line(record), flush=True)
-            if len(records) == 1:
+            if len(recorder.records) == 1:
                 _check_stop_keys(record, result, experiment.stop)
             if experiment.checkpoint_freq and algo.iteration % experiment.checkpoint_freq == 0:
                 algo.save_to_path(checkpoint.resolve())
             if should_stop(record, result, experiment.stop) or not experiment.stop:
                 break
+        if experiment.evaluation and "evaluation/success_rate" not in recorder.records[-1]:
+            # The last iteration was not one of the evaluation interval's (a stop on env
+            # steps or a metric): measure the trained policy now.
+            metrics = algo.evaluate()
+            recorder.add_evaluation(metrics)
+            print(f"   held-out after training: {metrics['success_rate']:.3f}", flush=True)
+            step = {k: result[k] for k in ("training_iteration", "timesteps_total") if k in result}
+            for logger in loggers:
+                if type(logger).__name__ == "TBXLoggerCallback":  # the other files keep one row per iteration
+                    logger.log_trial_result(algo.iteration, trial, {**step, "evaluation": metrics})
         algo.save_to_path(checkpoint.resolve())
-        if experiment.evaluation:
-            evaluations["after"] = evaluate_algorithm(algo, experiment, "after training")
     finally:
+        for logger in loggers:
+            logger.log_trial_end(trial)
         algo.stop()
-    final = _final(records)
-    for when, result in evaluations.items():
-        final[f"eval_success_{when}"] = result["success_rate"]
+    run = recorder.summary()
     return {
-        "iterations": records,
-        "final": final,
-        "evaluation": evaluations,
+        **run,
         "wall_time_s": time.time() - start,
         "checkpoint": str(checkpoint),
+        "tensorboard": str(out_dir),
+        # The shape of a Tune run's summary: this run is its one trial.
+        "best_trial": None,
+        "trials": [{"trial_id": None, "config": {}, "final": run["final"], "checkpoint": str(checkpoint)}],
     }
 
 
@@ -161,22 +181,27 @@ def check_output_dir(path: Path, flag: str = "--output-dir") -> None:
 
 
 def train_with_tune(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
-    """Run the experiment (and any grid in it) as Tune trials; summarise the best one."""
+    """Run the experiment (and any grid in it) as Tune trials; summarise the best one: the
+    trial with the best last value of ``experiment.metric`` (held-out figures count where
+    they were measured), among the trials that report it."""
     from ray import tune
 
     _init_ray()
-    per_trial: dict[str, list[dict[str, float]]] = {}
+    recorders: dict[str, RunRecorder] = {}
 
     class Progress(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            record = iteration_record(result)
-            per_trial.setdefault(trial.trial_id, []).append(record)
+            recorder = recorders.setdefault(trial.trial_id, RunRecorder(experiment.metric))
+            record = recorder.add(result)
             prefix = f"[{trial.trial_id}] " if len(trials) > 1 else ""
+            _print_before(recorder, prefix)
             print(prefix + progress_line(record), flush=True)
 
     config = build_config(experiment)
     param_space = config.to_dict()
-    param_space.update(search_space(experiment))
+    # A search axis inside model_config: the config dict holds it as `_model_config`.
+    space_keys = {key: "_model_config" if key == "model_config" else key for key in search_space(experiment)}
+    param_space.update({space_keys[k]: v for k, v in search_space(experiment).items()})
     start = time.time()
     tuner = tune.Tuner(
         algorithm_class(experiment.run),
@@ -197,25 +222,32 @@ def train_with_tune(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} trial(s) failed; first error: {errors[0]}")
-    best = grid.get_best_result(metric=experiment.metric, mode=experiment.mode, scope="last")
-    trials = []
+    trials, checkpoints = [], {}
     for result in grid:
         trial_id = result.metrics.get("trial_id")
+        checkpoints[trial_id] = str(result.checkpoint.path) if result.checkpoint else None
         trials.append(
             {
                 "trial_id": trial_id,
-                "config": {k: result.config.get(k) for k in search_space(experiment)},
-                "final": _final(per_trial.get(trial_id, [])),
-                "checkpoint": str(result.checkpoint.path) if result.checkpoint else None,
+                "config": {k: result.config.get(key) for k, key in space_keys.items()},
+                "final": recorders.get(trial_id, RunRecorder()).final(),
+                "checkpoint": checkpoints[trial_id],
             }
         )
-    best_id = best.metrics.get("trial_id")
-    records = per_trial.get(best_id, [])
+    scored = [(recorders[t["trial_id"]].metric_value, i) for i, t in enumerate(trials)
+              if t["trial_id"] in recorders and recorders[t["trial_id"]].metric_value is not None]
+    sign = 1 if experiment.mode == "max" else -1
+    if scored:
+        best_id = trials[max(scored, key=lambda vi: (sign * vi[0], -vi[1]))[1]]["trial_id"]
+    else:
+        best_id = trials[0]["trial_id"]
+        print(f"note: no trial reported the metric {experiment.metric!r} (set 'metric:' to a result key); "
+              f"summarising the first trial", file=sys.stderr)
     return {
-        "iterations": records,
-        "final": _final(records),
+        **recorders[best_id].summary(),
         "wall_time_s": time.time() - start,
-        "checkpoint": str(best.checkpoint.path) if best.checkpoint else None,
+        "checkpoint": checkpoints.get(best_id),
+        "tensorboard": str(out_dir),
         "best_trial": best_id,
         "trials": trials,
     }
@@ -243,8 +275,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     build_config(experiment).validate()
     validate_experiment(experiment, args.file)
     use_tune = not args.no_tune or experiment.has_search_space()
+    if use_tune and experiment.evaluation and evaluation_settings(experiment)["interval"] is None:
+        raise ConfigError(
+            f"{args.file}: evaluation needs an 'interval' in a Tune run whose stop has no training_iteration "
+            "(a trial cannot tell which iteration is its last); set evaluation.interval or use --no-tune"
+        )
     if args.no_tune and experiment.has_search_space():
         print("note: the experiment has a search space, so it runs through Tune", file=sys.stderr)
+    interval = evaluation_settings(experiment)["interval"] if experiment.evaluation else None
+    last = experiment.stop.get("training_iteration")
+    if use_tune and interval and isinstance(last, int) and last < interval:
+        raise ConfigError(f"{args.file}: evaluation.interval {interval} is past stop.training_iteration {last}: "
+                          "a Tune trial would evaluate no iteration")
+    if use_tune and interval and isinstance(last, int) and last % interval:
+        print(f"note: evaluation.interval {interval} does not divide stop.training_iteration {last}: the held-out "
+              f"figures after training are those of iteration {last - last % interval}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{experiment.run} on {experiment.env}: {experiment.name} -> {out_dir}", flush=True)
     run = train_with_tune(experiment, out_dir) if use_tune else train_in_process(experiment, out_dir)
@@ -254,6 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "env": experiment.env,
         "config_file": str(args.file),
         "overrides": list(args.set or []),
+        "metric": experiment.metric,
+        "mode": experiment.mode,
         **run,
     }
     write_summary(out_dir, summary)
@@ -266,6 +313,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path, plot: Path) -> None:
+    from rllib_seeupo.evaluation import markdown_table
+
     final = summary["final"]
     first = summary["iterations"][0] if summary["iterations"] else {}
     print()
@@ -275,28 +324,19 @@ def print_summary(summary: dict[str, Any], out_dir: Path, plot: Path) -> None:
         if key in final:
             start = f" (first iteration {first[key]:.3f})" if key in first else ""
             print(f"   {key}: {final[key]:.3f}{start}")
+    for when, figures in (summary.get("evaluation") or {}).items():
+        if "num_episodes" in figures and "k" in figures:
+            at = f" (iteration {figures['iteration']})" if "iteration" in figures else ""
+            print(f"\n   held-out {when} training{at}:")
+            print("".join(f"   {line}\n" for line in markdown_table(figures).splitlines()), end="")
+    if summary.get("best_trial"):
+        print(f"   best trial: {summary['best_trial']} (by {summary.get('metric')}, {summary.get('mode')})")
     print(f"   summary: {out_dir / 'summary.json'}")
     print(f"   plot:    {plot}")
+    if summary.get("tensorboard"):
+        print(f"   tensorboard --logdir {summary['tensorboard']}")
     if summary.get("checkpoint"):
         print(f"   checkpoint: {summary['checkpoint']}")
-
-
-def progress_bar(label: str):
-    """``progress(done, total)``: a bar redrawn in place on a terminal, a line per tenth
-    of the work in a log."""
-    start, shown = time.time(), [-1]
-    tty = sys.stderr.isatty()
-
-    def progress(done: int, total: int) -> None:
-        tenth = done * 10 // max(total, 1)
-        if not tty and tenth == shown[0]:
-            return
-        shown[0] = tenth
-        bar = "#" * (done * 30 // max(total, 1))
-        line = f"{label} [{bar:<30}] {done}/{total} episodes, {time.time() - start:.0f} s"
-        print(("\r" if tty else "") + line, end="" if tty and done < total else "\n", file=sys.stderr, flush=True)
-
-    return progress
 
 
 def _key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -334,7 +374,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from rllib_seeupo.evaluation import evaluate, load_module, markdown_table, module_policy
+    from rllib_seeupo.evaluation import evaluate, load_module, markdown_table, module_policy, progress_bar
 
     if args.threads:
         torch.set_num_threads(args.threads)

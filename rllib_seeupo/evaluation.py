@@ -1,7 +1,14 @@
-"""Held-out evaluation: run a turn policy over an env's test tasks, many episodes at once."""
+"""Held-out evaluation: run a turn policy over an env's test tasks, many episodes at once.
+
+``evaluate`` plays the episodes; ``held_out_evaluation(config, ...)`` makes it RLlib's
+evaluation of an algorithm (``config.evaluation(custom_evaluation_function=...)``), so that
+its figures land under ``evaluation/`` in the training results (Tune, TensorBoard,
+``algo.evaluate()``) for SeeUPO, every preset and RLlib's PPO alike.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -223,3 +230,219 @@ def markdown_table(result: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def progress_bar(label: str) -> Callable[[int, int], None]:
+    """``progress(done, total)`` for ``evaluate``: a tqdm bar on stderr (redrawn in place on
+    a terminal; in a log, at most one update every 30 seconds), shown once the work has
+    taken a second."""
+    from tqdm.auto import tqdm
+
+    bar = None
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=label, unit="episode", file=sys.stderr, delay=1.0,
+                       mininterval=0.5 if tty else 30.0, dynamic_ncols=tty)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return progress
+
+
+# -- held-out evaluation inside the Algorithm -----------------------------------------------
+#
+# RLlib's evaluation config carries it: `evaluation_interval` (every N training iterations),
+# `evaluation_duration` (the number of test tasks: the first N of the split, the same tasks
+# at every evaluation) and `custom_evaluation_function`, a `HeldOutEvaluation` holding the
+# split, k, the batch size and whether to measure the untrained policy too. The figures of
+# `result_metrics` land under `evaluation/` in the training results of the evaluated
+# iterations (RLlib's MetricsLogger also repeats them in the next result: it reduces them
+# once more); `evaluation/at_env_steps` says when they were measured (the training env steps
+# sampled by then). The measurement before training is in the first result, under
+# `evaluation_before/`.
+
+EVALUATION_BEFORE = "evaluation_before"
+MEASURED_AT = "at_env_steps"
+
+
+def result_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """``evaluate``'s figures as a nested dict of numbers for the training results: the
+    overall ones, and per group under the group's key (``level/1/success_rate``,
+    ``category/multi_turn_base/pass_at_k``)."""
+    metrics: dict[str, Any] = {key: float(value) for key, value in result.items() if _is_number(value)}
+    if result.get("groups"):
+        metrics[result["group_by"]] = {str(name): result_metrics(group) for name, group in result["groups"].items()}
+    return metrics
+
+
+def figures_from_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``result_metrics`` (``evaluate``'s shape: ``groups`` and ``group_by``,
+    ``markdown_table`` reads it) from the ``evaluation`` entry of a training result."""
+    figures: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            if key in GROUP_KEYS and "groups" not in figures:
+                figures["group_by"] = key
+                order = sorted(value, key=lambda name: (not str(name).isdigit(), int(name) if str(name).isdigit() else 0, str(name)))
+                figures["groups"] = {str(name): figures_from_metrics(value[name]) for name in order}
+            continue
+        if _is_number(value):
+            figures[key] = int(value) if key in ("k", "num_episodes", "num_tasks") else float(value)
+    return figures
+
+
+class HeldOutEvaluation:
+    """RLlib's ``custom_evaluation_function`` (new API stack): plays the first
+    ``config.evaluation_duration`` tasks of the env's ``split`` ``k`` times each with the
+    algorithm's current module (``algo.get_module``: the env runner's copy, whose weights
+    RLlib syncs from the learner right before calling this), every live episode in one
+    generation batch of up to ``batch_size``; greedy for ``k=1`` unless ``sample``.
+
+    The env is ``config.env`` (a ``seeupo/<name>`` env) with the evaluation config's
+    ``env_config`` (``config.evaluation(evaluation_config={"env_config": ...})`` overrides
+    the training one). The figures go into the algorithm's MetricsLogger under
+    ``evaluation`` (``result_metrics``; RLlib's ``evaluate()`` returns what is logged
+    there), with ``at_env_steps``. With ``config.seed`` a sampled evaluation draws the same
+    random numbers at every evaluation. ``before``: ``measure_before_training`` (an
+    ``on_algorithm_init`` callback) measures the policy once when the algorithm is built.
+    Use ``held_out_evaluation`` to set all of it on a config."""
+
+    def __init__(self, *, split: str = "test", k: int = 1, batch_size: int = 64, sample: bool = False,
+                 before: bool = True, progress: bool = True):
+        for name, value in (("k", k), ("batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"HeldOutEvaluation: {name} must be an integer >= 1, got {value!r}")
+        if not isinstance(split, str) or not split:
+            raise ValueError(f"HeldOutEvaluation: split must be a split name, got {split!r}")
+        self.split, self.k, self.batch_size = split, k, batch_size
+        self.sample, self.before, self.progress = bool(sample), bool(before), bool(progress)
+
+    def __repr__(self) -> str:
+        return (f"HeldOutEvaluation(split={self.split!r}, k={self.k}, batch_size={self.batch_size}, "
+                f"sample={self.sample}, before={self.before})")
+
+    def __call__(self, algorithm, eval_env_runner_group=None) -> tuple[dict[str, Any], int, int]:
+        metrics, steps = self.measure(algorithm, "held-out eval")
+        log_evaluation(algorithm, metrics)
+        return metrics, steps, steps
+
+    def env(self, algorithm) -> tuple[str, dict[str, Any]]:
+        """The env package name and the settings evaluation plays it with."""
+        config = getattr(algorithm, "evaluation_config", None) or algorithm.config
+        env = config.env if isinstance(config.env, str) else ""
+        if not env.startswith("seeupo/"):
+            raise ValueError(f"held-out evaluation plays a 'seeupo/<name>' env's {self.split!r} split, got env {config.env!r}")
+        return env.removeprefix("seeupo/"), dict(config.env_config or {})
+
+    def task_ids(self, algorithm) -> list:
+        """The first ``evaluation_duration`` tasks of the split: the same at every evaluation."""
+        num_tasks = algorithm.config.evaluation_duration
+        if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
+            raise ValueError(f"held-out evaluation: evaluation_duration is the number of test tasks, got {num_tasks!r}")
+        name, env_config = self.env(algorithm)
+        return list(make_turn_env(name, env_config).task_ids(self.split))[:num_tasks]
+
+    def measure(self, algorithm, label: str) -> tuple[dict[str, Any], int]:
+        """Plays the tasks; returns ``result_metrics`` (with ``at_env_steps``, ``num_tasks``
+        and ``env_runners/num_episodes|num_env_steps_sampled``) and the env steps played."""
+        from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+        from rllib_seeupo.turn_env import SHARED_MODULE_ID
+
+        name, env_config = self.env(algorithm)
+        task_ids = self.task_ids(algorithm)
+        module = algorithm.get_module(SHARED_MODULE_ID) or algorithm.get_module()
+        sample = self.sample or self.k > 1
+        if sample and algorithm.config.seed is not None and hasattr(module, "seed_sampling"):
+            module.seed_sampling(int(np.random.SeedSequence([int(algorithm.config.seed), 2]).generate_state(1)[0]))
+        result = evaluate(
+            module_policy(module), name, env_config, task_ids, k=self.k, sample=sample, batch_size=self.batch_size,
+            progress=progress_bar(f"   {label}") if self.progress else None,
+        )
+        steps = int(round(result["turns_mean"] * result["num_episodes"]))
+        metrics = result_metrics(result)
+        metrics["num_tasks"] = float(len(task_ids))
+        metrics[MEASURED_AT] = float(algorithm.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+        # RLlib's own evaluation counts (and `evaluate()` looks for) these.
+        metrics["env_runners"] = {"num_episodes": float(result["num_episodes"]), "num_env_steps_sampled": float(steps)}
+        return metrics, steps
+
+
+def log_evaluation(algorithm, metrics: dict[str, Any], key: str | None = None) -> None:
+    """Aggregates ``metrics`` into the algorithm's MetricsLogger under ``key`` (default:
+    RLlib's ``evaluation``), as RLlib does with its evaluation env runners' metrics."""
+    from ray.rllib.utils.metrics import EVALUATION_RESULTS
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    logger = MetricsLogger()
+    logger.log_dict(metrics, reduce="mean", window=1)
+    algorithm.metrics.aggregate([logger.reduce()], key=key or EVALUATION_RESULTS)
+
+
+def measure_before_training(*, algorithm, metrics_logger=None, **kwargs) -> None:
+    """``on_algorithm_init``: with a ``HeldOutEvaluation(before=True)``, measures the
+    untrained policy once; its figures are in the first training result under
+    ``evaluation_before/``. (An algorithm restored from a checkpoint is built first, so it
+    measures too; the restore then brings back the checkpoint's figures.)"""
+    evaluation = algorithm.config.custom_evaluation_function
+    if isinstance(evaluation, HeldOutEvaluation) and evaluation.before:
+        metrics, _ = evaluation.measure(algorithm, "held-out eval before training")
+        log_evaluation(algorithm, metrics, EVALUATION_BEFORE)
+
+
+def held_out_evaluation(
+    config,
+    *,
+    num_tasks: int = 100,
+    interval: int | None = 1,
+    split: str = "test",
+    k: int = 1,
+    batch_size: int = 64,
+    sample: bool = False,
+    before: bool = True,
+    progress: bool = True,
+):
+    """Sets held-out evaluation on any new-stack ``AlgorithmConfig`` of a ``seeupo/<name>``
+    env (``SeeUPOConfig``, the presets, ``ppo_config``'s ``PPOConfig``); returns ``config``.
+
+    .. code-block:: python
+
+        config = held_out_evaluation(SeeUPOConfig().environment("seeupo/tool_tasks"), num_tasks=100, interval=4)
+        algo = config.build_algo()
+        algo.train()["evaluation"]["success_rate"]  # in the 4th, 8th, ... results
+        algo.evaluate()["success_rate"]             # at any time
+
+    Args:
+        num_tasks: ``evaluation_duration``: the first ``num_tasks`` tasks of ``split``.
+        interval: ``evaluation_interval``: evaluate after every ``interval``-th training
+            iteration; None: only through ``algo.evaluate()``.
+        split, k, batch_size, sample, before, progress: see ``HeldOutEvaluation``.
+
+    The evaluation config's own ``evaluation_interval`` is set to None so that RLlib builds
+    no evaluation env runners (each would hold one more copy of the model): RLlib then
+    syncs the learner's weights to the training env runner and the function plays the test
+    tasks with that runner's module, in the algorithm's process."""
+    from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+
+    evaluation = HeldOutEvaluation(split=split, k=k, batch_size=batch_size, sample=sample, before=before, progress=progress)
+    overrides = config.evaluation_config
+    if isinstance(overrides, AlgorithmConfig):
+        raise ValueError("held_out_evaluation needs evaluation_config as a dict of overrides, not an AlgorithmConfig")
+    overrides = {**dict(overrides or {}), "evaluation_interval": None}
+    config.evaluation(
+        evaluation_interval=interval,
+        evaluation_duration=num_tasks,
+        evaluation_duration_unit="episodes",
+        custom_evaluation_function=evaluation,
+        evaluation_config=overrides,
+    )
+    hooks = [h for h in (config.callbacks_on_algorithm_init if isinstance(config.callbacks_on_algorithm_init, (list, tuple))
+                         else [config.callbacks_on_algorithm_init]) if h is not None]
+    if measure_before_training not in hooks:
+        hooks.append(measure_before_training)
+    config.callbacks(on_algorithm_init=hooks[0] if len(hooks) == 1 else hooks)
+    return config

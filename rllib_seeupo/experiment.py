@@ -52,9 +52,12 @@ import yaml
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 TOP_LEVEL_KEYS = {"env", "run", "stop", "config", "checkpoint_freq", "num_samples", "metric", "mode", "evaluation", "torch_threads"}
-# `evaluation`: held-out success before and after training (in-process runs); `before: false`
-# skips the first measurement where it is known (the same base model in every run of a study).
-EVALUATION_KEYS = {"split", "num_tasks", "k", "batch_size", "before"}
+# `evaluation`: held-out evaluation through RLlib's evaluation config, in both modes (see
+# `evaluation_settings`); `before: false` skips the measurement of the untrained policy where
+# it is known (the same base model in every run of a study).
+EVALUATION_KEYS = {"split", "num_tasks", "k", "batch_size", "before", "interval"}
+# The metric Tune trials are ranked by: held-out success where the experiment measures it.
+HELD_OUT_METRIC = "evaluation/success_rate"
 SPECIAL_CONFIG_KEYS = {"module_class", "model_config", "callbacks"}
 
 
@@ -290,7 +293,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     evaluation = dict(spec.get("evaluation") or {})
     if not isinstance(evaluation.get("before", True), bool):
         raise ConfigError(f"{path}: evaluation.before must be true or false")
-    for key in ("num_tasks", "k", "batch_size"):
+    for key in ("num_tasks", "k", "batch_size", "interval"):
         _check_int(evaluation, key, 1, f"{path}: evaluation.{key}")
     if not isinstance(evaluation.get("split", "test"), str):
         raise ConfigError(f"{path}: evaluation.split must be a split name, got {evaluation['split']!r}")
@@ -305,8 +308,11 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     _check_int(spec, "num_samples", 1, f"{path}: num_samples")
     if spec.get("torch_threads") is not None:
         _check_int(spec, "torch_threads", 1, f"{path}: torch_threads")
-    if not isinstance(spec.get("metric", ""), str):
+    if not isinstance(spec.get("metric") or "", str):
         raise ConfigError(f"{path}: metric must be a result key like 'rollouts/reward_mean', got {spec['metric']!r}")
+    held_out_metric = str(spec.get("metric") or "").startswith(("evaluation/", "evaluation_before/"))
+    if held_out_metric and not evaluation and not (spec.get("config") or {}).get("evaluation_interval"):
+        raise ConfigError(f"{path}: metric {spec['metric']!r} is a held-out figure, but the experiment has no 'evaluation' section")
     if spec.get("mode", "max") not in ("max", "min"):
         raise ConfigError(f"{path}: mode must be 'max' or 'min', got {spec['mode']!r}")
     config = dict(spec.get("config") or {})
@@ -328,7 +334,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         config=config,
         checkpoint_freq=int(spec.get("checkpoint_freq", 0)),
         num_samples=int(spec.get("num_samples", 1)),
-        metric=spec.get("metric", "rollouts/reward_mean"),
+        metric=spec.get("metric") or (HELD_OUT_METRIC if evaluation else "rollouts/reward_mean"),
         mode=spec.get("mode", "max"),
         evaluation=evaluation,
         torch_threads=spec.get("torch_threads"),
@@ -436,6 +442,8 @@ def validate_experiment(experiment: Experiment, where: str | Path = "") -> None:
     from rllib_seeupo.presets import ALGORITHMS
 
     splits = {}
+    if experiment.evaluation and not experiment.env.startswith("seeupo/"):
+        raise ConfigError(f"{prefix}evaluation plays a 'seeupo/<name>' env's held-out tasks; env is {experiment.env!r}")
     if experiment.env.startswith("seeupo/"):
         if experiment.run in ALGORITHMS:  # ours draw training tasks from the train split
             splits[f"env {experiment.env}"] = "train"
@@ -530,7 +538,32 @@ def build_config(experiment: Experiment, *, resolve_search: bool = True):
         config.rl_module(**module_kwargs)
     if "callbacks" in special:
         config.callbacks(imported("callbacks"))
+    if experiment.evaluation:
+        from rllib_seeupo.evaluation import held_out_evaluation
+
+        held_out_evaluation(config, **evaluation_settings(experiment))
     return config
+
+
+def evaluation_settings(experiment: Experiment) -> dict[str, Any]:
+    """The ``held_out_evaluation`` arguments of the YAML ``evaluation:`` section, the same
+    in Tune and in-process runs: ``split`` (default test), ``num_tasks`` (100), ``k`` (1),
+    ``batch_size`` (64), ``before`` (true: measure the untrained policy too) and
+    ``interval`` (evaluate every N iterations; default: at ``stop.training_iteration``, the
+    last iteration, else only after training, which only an in-process run can tell)."""
+    spec = experiment.evaluation
+    interval = spec.get("interval")
+    last = experiment.stop.get("training_iteration")
+    if interval is None and isinstance(last, (int, float)) and not isinstance(last, bool) and last >= 1:
+        interval = math.ceil(last)  # Tune stops once training_iteration >= the value
+    return {
+        "num_tasks": int(spec.get("num_tasks", 100)),
+        "interval": interval,
+        "split": spec.get("split", "test"),
+        "k": int(spec.get("k", 1)),
+        "batch_size": int(spec.get("batch_size", 64)),
+        "before": bool(spec.get("before", True)),
+    }
 
 
 def _first_of_grids(value: Any) -> Any:

@@ -9,6 +9,8 @@ from typing import Any
 
 from ray.rllib.utils.metrics import ALL_MODULES
 
+from rllib_seeupo.evaluation import EVALUATION_BEFORE, MEASURED_AT, figures_from_metrics
+
 
 def _scalar(value: Any) -> float | None:
     try:
@@ -54,12 +56,101 @@ def iteration_record(result: dict[str, Any]) -> dict[str, float]:
     success = _scalar(runners.get("success_rate"))
     if "rollouts/success_rate" not in record and success is not None:
         record["rollouts/success_rate"] = success  # RLlib's PPO: `callbacks.log_episode_success`
-    _flatten("eval", result.get("eval", {}), record)
+    measured = measured_evaluation(result)
+    if measured is not None:
+        _flatten("evaluation", {k: v for k, v in measured.items() if k not in ("env_runners", MEASURED_AT)}, record)
     for module_id, stats in (result.get("learners") or {}).items():
         if module_id == ALL_MODULES or not isinstance(stats, dict):
             continue
         _flatten(f"learners/{module_id}", {k: v for k, v in stats.items() if "throughput" not in k}, record)
     return record
+
+
+def measured_evaluation(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The held-out figures (``evaluation/``, see ``rllib_seeupo.evaluation``) of a training
+    result when they were measured in that iteration; None when the result has none or
+    repeats an earlier iteration's (RLlib reports them once more in the next result)."""
+    evaluation = result.get("evaluation")
+    if not isinstance(evaluation, dict) or _scalar(evaluation.get("success_rate")) is None:
+        return None
+    at = _scalar(evaluation.get(MEASURED_AT))
+    steps = _scalar((result.get("env_runners") or {}).get("num_env_steps_sampled_lifetime"))
+    if at is None or (steps is not None and at != steps):
+        return None
+    return evaluation
+
+
+def _lookup(result: dict[str, Any], key: str) -> float | None:
+    node: Any = result
+    for part in key.split("/"):
+        node = node.get(part) if isinstance(node, dict) else None
+    return _scalar(node)
+
+
+class RunRecorder:
+    """The summary of one run (a Tune trial or an in-process run) built from its training
+    results, the same way in both modes: per-iteration records, the held-out evaluations
+    before (``evaluation_before/`` of the first result) and after training (the last one
+    measured), and the last value of the experiment's ``metric`` where a result has it."""
+
+    def __init__(self, metric: str | None = None):
+        self.metric = metric
+        self.records: list[dict[str, float]] = []
+        self.evaluation: dict[str, dict[str, Any]] = {}
+        self.metric_value: float | None = None
+
+    def add(self, result: dict[str, Any]) -> dict[str, float]:
+        """Records one training result; returns its record."""
+        record = iteration_record(result)
+        self.records.append(record)
+        before = result.get(EVALUATION_BEFORE)
+        if "before" not in self.evaluation and isinstance(before, dict) and _scalar(before.get("success_rate")) is not None:
+            self.evaluation["before"] = self._figures(before, iteration=0)
+        measured = measured_evaluation(result)
+        if measured is not None:
+            self.evaluation["after"] = self._figures(measured, iteration=record["iteration"])
+        if self.metric:
+            # Held-out figures count only where measured (a result may repeat older ones).
+            value = record.get(self.metric)
+            if value is None and not self.metric.startswith("evaluation/"):
+                value = _lookup(result, self.metric)
+            if value is None and self.metric == "rollouts/reward_mean":
+                value = record.get("reward_mean")  # RLlib's PPO: its per-turn return
+            if value is not None:
+                self.metric_value = value
+        return record
+
+    def add_evaluation(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """The figures of an ``algo.evaluate()`` after the last iteration (whose result had
+        none): they become the last record's and the "after" evaluation."""
+        record = self.records[-1] if self.records else {"iteration": 0.0}
+        _flatten("evaluation", {k: v for k, v in metrics.items() if k not in ("env_runners", MEASURED_AT)}, record)
+        self.evaluation["after"] = self._figures(metrics, iteration=record["iteration"])
+        if self.metric and self.metric in record:
+            self.metric_value = record[self.metric]
+        return record
+
+    @staticmethod
+    def _figures(metrics: dict[str, Any], iteration: float) -> dict[str, Any]:
+        figures = figures_from_metrics(metrics)
+        env_steps = figures.pop(MEASURED_AT, None)
+        figures["iteration"] = int(iteration)
+        if env_steps is not None:
+            figures["env_steps"] = int(env_steps)
+        return figures
+
+    def final(self) -> dict[str, float]:
+        final = dict(self.records[-1]) if self.records else {}
+        for key in ("optimality_ratio", "reward_mean"):
+            values = [r[key] for r in self.records if key in r]
+            if values:
+                final[f"best_{key}"] = max(values)
+        for when, figures in self.evaluation.items():
+            final[f"eval_success_{when}"] = figures["success_rate"]
+        return final
+
+    def summary(self) -> dict[str, Any]:
+        return {"iterations": self.records, "final": self.final(), "evaluation": self.evaluation}
 
 
 def progress_line(record: dict[str, float]) -> str:
@@ -70,6 +161,7 @@ def progress_line(record: dict[str, float]) -> str:
         ("rollouts/success_rate", "success", "{:.3f}"),
         ("rollouts/turns_mean", "turns", "{:.2f}"),
         ("rollouts/tokens_per_s", "tok/s", "{:.0f}"),
+        ("evaluation/success_rate", "held-out", "{:.3f}"),
         ("env_steps", "steps", "{:.0f}"),
         ("time_this_iter_s", "s", "{:.2f}"),
     ):
@@ -147,28 +239,32 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
 def plot_learning_curve(
     records: list[dict[str, float]], path: Path, title: str, evaluation: dict[str, dict] | None = None
 ) -> Path:
-    """One panel per headline metric over env steps; held-out success before/after training
-    (``evaluation``) is drawn on the success panel as two marked points."""
+    """One panel per headline metric over env steps. Held-out success is drawn where it was
+    measured (``evaluation/success_rate`` of the records, and ``evaluation["before"]`` at the
+    start) on the success panel, or on a panel of its own."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    held_out_key = "evaluation/success_rate"
     panels = [k for k in ("reward_mean", "optimality_ratio", "rollouts/success_rate") if any(k in r for r in records)]
     panels = panels or ["episode_return_mean"]
+    x_key = "env_steps" if records and all("env_steps" in r for r in records) else "iteration"
+    held_out = _held_out_points(records, evaluation or {}, x_key, held_out_key)
+    if held_out and "rollouts/success_rate" not in panels:
+        panels.append(held_out_key)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    x_key = "env_steps" if all("env_steps" in r for r in records) else "iteration"
     for ax, key in zip(axes[0], panels):
-        points = [(r[x_key], r[key]) for r in records if key in r]
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="." if len(points) < 50 else None)
-        if key == "rollouts/success_rate" and evaluation and points:
-            ends = {"before": min(xs), "after": max(xs)}
-            for when in ("before", "after"):
-                if when in evaluation:
-                    ax.plot([ends[when]], [evaluation[when]["success_rate"]], "s", color="C3",
-                            label="held-out (greedy)" if when == "before" else None)
+        if key != held_out_key:
+            points = [(r[x_key], r[key]) for r in records if key in r]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="." if len(points) < 50 else None, label="training rollouts")
+        if key in ("rollouts/success_rate", held_out_key) and held_out:
+            k = max([int(f.get("k", 1)) for f in (evaluation or {}).values() if isinstance(f, dict)] or [1])
+            xs, ys = zip(*held_out)
+            ax.plot(xs, ys, "s-", color="C3", label=f"held-out avg@{k}" if k > 1 else "held-out (greedy)")
             ax.legend(loc="best", fontsize=8)
         ax.set_xlabel("env steps" if x_key == "env_steps" else "iteration")
         ax.set_ylabel(key)
@@ -179,3 +275,19 @@ def plot_learning_curve(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _held_out_points(records, evaluation: dict[str, dict], x_key: str, key: str) -> list[tuple[float, float]]:
+    """(x, held-out success) where it was measured: the records' ``key``, and the summary's
+    before/after figures (older summaries: at the first and last iteration)."""
+    points = {r[x_key]: r[key] for r in records if key in r and x_key in r}
+    xs = [r[x_key] for r in records if x_key in r]
+    for when, figures in evaluation.items():
+        if not isinstance(figures, dict) or _scalar(figures.get("success_rate")) is None:
+            continue
+        x = _scalar(figures.get(x_key))
+        if x is None and xs and when in ("before", "after"):
+            x = min(xs) if when == "before" else max(xs)
+        if x is not None:
+            points.setdefault(x, figures["success_rate"])
+    return sorted(points.items())

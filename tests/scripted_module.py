@@ -68,3 +68,23 @@ class ScriptedChoiceRLModule(TorchRLModule, TurnPolicyAPI):
             RESPONSE_MASK: np.ones((len(rows), 1), dtype=bool),
             BEHAVIOUR_LOGP: np.array([[float(r[Columns.ACTION_LOGP])] for r in rows], dtype=np.float32),
         }
+
+
+_TEST_TASKS: dict[str, Any] = {}
+
+
+def tool_tasks_oracle(messages: list[dict[str, str]], choice: int) -> str:
+    """A ``script`` for the embedded env's held-out tasks: choice 0 plays the env's oracle
+    for the first test task with this request (a few requests repeat, so most tasks are
+    solved, deterministically), choice 1 answers nonsense (never solved)."""
+    from envs.tool_tasks import make_task, oracle_response
+    from envs.tool_tasks.tool_tasks import TEST_OFFSET
+
+    if choice != 0:
+        return "I am not sure."
+    if not _TEST_TASKS:
+        for task_id in range(TEST_OFFSET, TEST_OFFSET + 200):
+            task = make_task(task_id)
+            _TEST_TASKS.setdefault(task.request, task)
+    task = _TEST_TASKS.get(messages[1]["content"])
+    return oracle_response(task, messages) if task is not None else "I am not sure."

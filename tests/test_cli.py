@@ -215,6 +215,11 @@ def test_llm_run_reports_held_out_success_before_and_after(ray_session, tiny_mod
     assert 0.0 <= final["eval_success_before"] <= 1.0 and 0.0 <= final["eval_success_after"] <= 1.0
     assert summary["evaluation"]["before"]["num_episodes"] == 4
     assert "rollouts/success_rate" in summary["iterations"][0]
+    # Held-out evaluation is the algorithm's: in the result of the (last) iteration, and in
+    # TensorBoard's event files, written by Tune's own logger as for a Tune trial.
+    assert summary["iterations"][0]["evaluation/success_rate"] == final["eval_success_after"]
+    assert summary["evaluation"]["after"]["iteration"] == 1
+    assert len(list(out.glob("*/in_process/events.out.tfevents.*"))) == 1
 
     # The eval CLI restores the trained module from the checkpoint: greedy decoding on the
     # same held-out tasks reproduces the run's own "after" evaluation.
