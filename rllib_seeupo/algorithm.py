@@ -336,7 +336,7 @@ class SeeUPO(Algorithm):
         single_step = config.num_epochs_per_turn == 1 and config.minibatch_size is None and self.learner_group.is_local
         before = None
         if not single_step and (config.old_policy == "current" or carry_m):
-            before = self._response_logp(columns)
+            before = self.response_logp(columns)
             lap("logp_recompute")
         old = columns[BEHAVIOUR_LOGP] if config.old_policy == "rollout" else before
         if old is not None:
@@ -376,7 +376,7 @@ class SeeUPO(Algorithm):
             if before is None:
                 before = self._learner_call(lambda learner: learner.pre_step_response_logp())
             lap("compound_update")
-            after = self._response_logp(columns)
+            after = self.response_logp(columns)
             lap("logp_recompute")
             log_rho = objectives.sequence_log_ratio(
                 torch.tensor(after), torch.tensor(before), torch.tensor(columns[RESPONSE_MASK])
@@ -394,7 +394,7 @@ class SeeUPO(Algorithm):
         start = time.perf_counter()
         log_sum = dict.fromkeys(compound, 0.0)
         for columns, episode_ids in updated:
-            now = self._response_logp(columns)
+            now = self.response_logp(columns)
             log_s = objectives.sequence_log_ratio(
                 torch.tensor(now), torch.tensor(columns[BEHAVIOUR_LOGP]), torch.tensor(columns[RESPONSE_MASK])
             )
@@ -471,6 +471,6 @@ class SeeUPO(Algorithm):
         ids = None if self.learner_group.is_local else self.learner_group._worker_manager.healthy_actor_ids()[:1]
         return next(iter(self.learner_group.foreach_learner(func, remote_actor_ids=ids))).get()
 
-    def _response_logp(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+    def response_logp(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         """``(B, L)`` log-probs of the rows' responses under the learner's current weights."""
         return self._learner_call(lambda learner: learner.compute_response_logp(SHARED_MODULE_ID, columns))

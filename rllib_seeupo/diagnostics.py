@@ -39,7 +39,7 @@ def policy_drift(algo, rollouts: list, advantages: np.ndarray, clip: float | Non
     for k in sorted({k for r in rollouts for k in r.turns}):
         index = [i for i, r in enumerate(rollouts) if k in r.turns]
         columns = module_class.collate_turn_rows([rollouts[i].turns[k] for i in index])
-        now = torch.as_tensor(algo._response_logp(columns))
+        now = torch.as_tensor(algo.response_logp(columns))
         behaviour = torch.as_tensor(columns[BEHAVIOUR_LOGP])
         mask = torch.as_tensor(columns[RESPONSE_MASK])
         log_ratio = torch.where(mask, now - behaviour, torch.zeros_like(now))
