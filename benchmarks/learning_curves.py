@@ -104,6 +104,135 @@ def train_run(label: str, path: Path, seed: int, overrides: list[str], args, run
     }
 
 
+def measure_untrained(path: Path, overrides: list[str], out: Path) -> dict:
+    """Held-out figures of the untrained model, measured once per output folder.
+
+    Every run starts from the same weights (LoRA's B is zero) and is evaluated greedily on
+    the same first ``num_tasks`` tasks of the split, so one measurement stands for the
+    ``before`` of every run (the runs then set ``evaluation.before=false``). Stored as
+    ``OUT/<env>/untrained.json`` and never redone."""
+    target = out / "untrained.json"
+    if target.exists():
+        return json.loads(target.read_text())
+    import torch
+
+    from rllib_seeupo.evaluation import evaluate, load_module, module_policy, progress_bar
+    from rllib_seeupo.experiment import evaluation_settings, load_experiment
+    from rllib_seeupo.turn_env import make_turn_env
+
+    experiment = load_experiment(path, overrides)
+    settings = evaluation_settings(experiment)
+    config = experiment.config
+    name = experiment.env.removeprefix("seeupo/")
+    env_config = dict(config.get("env_config") or {})
+    model_config = dict(config.get("model_config") or {})
+    if experiment.torch_threads:
+        torch.set_num_threads(int(experiment.torch_threads))
+    task_ids = list(make_turn_env(name, env_config).task_ids(settings["split"]))[: settings["num_tasks"]]
+    module = load_module(model_config.pop("model"), model_config)
+    result = evaluate(module_policy(module), name, env_config, task_ids, k=settings["k"], sample=settings["k"] > 1,
+                      batch_size=settings["batch_size"], progress=progress_bar("   untrained"))
+    record = {"config_file": str(path.relative_to(ROOT)), "overrides": overrides, "split": settings["split"],
+              "num_tasks": len(task_ids), **result}
+    target.write_text(json.dumps(record, indent=1, default=str))
+    return record
+
+
+def held_out(record: dict) -> dict[str, float]:
+    """``{"all": success, "1": level 1's, ...}`` after training, from a run's final result."""
+    final = record["final"]
+    figures = {"all": final["eval_success_after"]}
+    for key, value in final.items():
+        match = key.split("/")
+        if len(match) == 4 and match[:2] == ["evaluation", "level"] and match[3] == "success_rate":
+            figures[match[2]] = value
+            figures[f"n{match[2]}"] = final[f"evaluation/level/{match[2]}/num_episodes"]
+    return figures
+
+
+def levels_of(figures: dict[str, float]) -> list[str]:
+    return sorted(k for k in figures if k.isdigit())
+
+
+def multi_decision(figures: dict[str, float], levels=("3", "4")) -> float | None:
+    """Success over the episodes of the multi-decision levels (3 and 4) together."""
+    if not all(level in figures for level in levels):
+        return None
+    episodes = sum(figures[f"n{level}"] for level in levels)
+    return sum(figures[level] * figures[f"n{level}"] for level in levels) / episodes
+
+
+def _interval(diffs: list[float]) -> tuple[float, float, int] | None:
+    """Mean of paired differences and the half-width of its 95% interval (Student's t)."""
+    from scipy import stats
+
+    if len(diffs) < 2:
+        return None
+    mean, std = _mean_std(diffs)
+    sample_std = std * math.sqrt(len(diffs) / (len(diffs) - 1))
+    return mean, float(stats.t.ppf(0.975, len(diffs) - 1)) * sample_std / math.sqrt(len(diffs)), len(diffs)
+
+
+def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
+    """Held-out greedy success after training per algorithm: every seed, the paired
+    difference against the baseline, per-level figures and collapses (a seed that ends
+    more than 5 points below the untrained model)."""
+    untrained_path = out / "untrained.json"
+    untrained = json.loads(untrained_path.read_text()) if untrained_path.exists() else None
+    base_figures = None
+    if untrained is not None:
+        groups = (untrained.get("groups") or {})
+        base_figures = {"all": untrained["success_rate"]}
+        for level, figures in groups.items():
+            base_figures[level] = figures["success_rate"]
+            base_figures[f"n{level}"] = figures["num_episodes"]
+    with_eval = {label: [r for r in rs if "eval_success_after" in r["final"]] for label, rs in runs.items()}
+    with_eval = {label: rs for label, rs in with_eval.items() if rs}
+    if not with_eval:
+        return ""
+    levels = sorted({level for rs in with_eval.values() for r in rs for level in levels_of(held_out(r))})
+    baseline = {r["seed"]: held_out(r) for r in with_eval.get(args.baseline, [])}
+    lines = [
+        f"{env}: held-out greedy success after training "
+        f"({untrained['num_tasks'] if untrained else '?'} {untrained['split'] if untrained else ''} tasks, "
+        "the same for every run; mean +- std over seeds, per seed in brackets)",
+        "",
+        f"| algorithm | runs | held-out success | - {args.baseline} (paired by seed, 95% CI) | collapses | "
+        + " | ".join(f"level {level}" for level in levels) + " | levels 3+4 | 3+4 - " + f"{args.baseline} (paired) |",
+        "|---|---|---|---|---|" + "---|" * len(levels) + "---|---|",
+    ]
+    if base_figures is not None:
+        md = multi_decision(base_figures)
+        lines.append(
+            f"| untrained | 1 | {base_figures['all']:.3f} | - | - | "
+            + " | ".join(f"{base_figures.get(level, float('nan')):.3f}" for level in levels)
+            + (f" | {md:.3f} | - |" if md is not None else " | - | - |")
+        )
+    for label, rs in with_eval.items():
+        figures = [held_out(r) for r in rs]
+        mean, std = _mean_std([f["all"] for f in figures])
+        per_seed = ", ".join(f"{f['all']:.2f}" for f in figures)
+        paired = None if label == args.baseline else _interval(
+            [f["all"] - baseline[r["seed"]]["all"] for f, r in zip(figures, rs) if r["seed"] in baseline])
+        collapses = "-" if base_figures is None else f"{sum(f['all'] < base_figures['all'] - 0.05 for f in figures)}/{len(rs)}"
+        level_cells = []
+        for level in levels:
+            values = [f[level] for f in figures if level in f]
+            level_cells.append(f"{_mean_std(values)[0]:.3f}" if values else "-")
+        md_values = [multi_decision(f) for f in figures]
+        md_cell = "-" if None in md_values else f"{_mean_std(md_values)[0]:.3f} +- {_mean_std(md_values)[1]:.3f}"
+        md_paired = None if label == args.baseline or None in md_values else _interval(
+            [m - multi_decision(baseline[r["seed"]]) for m, r in zip(md_values, rs) if r["seed"] in baseline])
+        lines.append(
+            f"| {label} | {len(rs)} | {mean:.3f} +- {std:.3f} [{per_seed}] | "
+            + ("-" if paired is None else f"{paired[0]:+.3f} +- {paired[1]:.3f} (n={paired[2]})")
+            + f" | {collapses} | " + " | ".join(level_cells) + f" | {md_cell} | "
+            + ("-" if md_paired is None else f"{md_paired[0]:+.3f} +- {md_paired[1]:.3f}") + " |"
+        )
+    lines += ["", "collapses: seeds whose held-out success ended more than 0.05 below the untrained model's."]
+    return "\n".join(lines) + "\n"
+
+
 def summarise(curve: list[list[float]], budget: int) -> dict[str, float]:
     """Final value, area under the curve (its mean over env steps, trapezoidal, from the
     first iteration up to the budget) and whether the run collapsed."""
@@ -128,15 +257,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def paired_difference(runs: list[dict], baseline: list[dict], budget: int) -> tuple[float, float, int] | None:
     """Mean over the seeds both have of (final - baseline's final), the half-width of its 95%
     interval (Student's t) and the number of pairs; None with fewer than two pairs."""
-    from scipy import stats
-
     base = {r["seed"]: summarise(r["curve"], budget)["final"] for r in baseline}
-    diffs = [summarise(r["curve"], budget)["final"] - base[r["seed"]] for r in runs if r["seed"] in base]
-    if len(diffs) < 2:
-        return None
-    mean, std = _mean_std(diffs)
-    sample_std = std * math.sqrt(len(diffs) / (len(diffs) - 1))
-    return mean, float(stats.t.ppf(0.975, len(diffs) - 1)) * sample_std / math.sqrt(len(diffs)), len(diffs)
+    return _interval([summarise(r["curve"], budget)["final"] - base[r["seed"]] for r in runs if r["seed"] in base])
 
 
 def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
@@ -181,6 +303,8 @@ def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
         "best: the best value of each run, averaged.",
     ]
     table = "\n".join(lines) + "\n"
+    if held_out:
+        table += "\n" + held_out_table(env, runs, args, out)
     (out / "table.md").write_text(table)
     return table
 
@@ -266,6 +390,17 @@ def main() -> None:
 
     out = Path(args.out) / args.env
     out.mkdir(parents=True, exist_ok=True)
+    if ENVS[args.env][2] != "optimality_ratio" and not args.report_only:
+        # LLM envs: one measurement of the untrained model serves every run that skips its own
+        # (`evaluation.before=false`).
+        base, variant = split_label(labels[0])
+        experiment_overrides = run_overrides(examples[base], args.seeds[0], args.set + variant)
+        from rllib_seeupo.experiment import evaluation_settings, load_experiment
+
+        experiment = load_experiment(examples[base], experiment_overrides)
+        if experiment.evaluation and not evaluation_settings(experiment)["before"]:
+            untrained = measure_untrained(examples[base], experiment_overrides, out)
+            print(f"untrained: held-out success {untrained['success_rate']:.3f} on {untrained['num_tasks']} tasks", flush=True)
     runs: dict[str, list[dict]] = {}
     start = time.time()
     for label in labels:

@@ -25,6 +25,8 @@ VARIANTS = (
     "seeupo_forward", "seeupo_random", "seeupo_parallel", "seeupo_group_std", "seeupo_no_norm",
     "seeupo_no_compound", "grpo", "gspo", "rloo", "grae_reinforce", "ppo",
 )
+# Variants that exist on the embedded env only.
+LLM_VARIANTS = ("seeupo_release",)
 # Settings a variant shares with its main example, so that the comparison is fair.
 SHARED = (
     "env_config", "module_class", "model_config", "callbacks", "seed", "lr", "grad_clip", "num_envs_per_env_runner",
@@ -34,7 +36,7 @@ SHARED = (
 @pytest.mark.parametrize("env, suffix", [("bandit", ""), ("tool_tasks", "_smollm2")])
 def test_every_variant_exists_with_the_main_examples_env_model_and_budget(env, suffix):
     main_example = load_experiment(ROOT / "tuned_examples" / f"{env}_seeupo{suffix}.yaml")
-    for variant in VARIANTS:
+    for variant in VARIANTS + (LLM_VARIANTS if env == "tool_tasks" else ()):
         experiment = load_experiment(ROOT / "tuned_examples" / f"{env}_{variant}{suffix}.yaml")
         assert experiment.env == main_example.env, variant
         assert experiment.stop == main_example.stop and experiment.evaluation == main_example.evaluation, variant
@@ -57,6 +59,9 @@ def test_baselines_on_the_embedded_env_keep_what_defines_them():
     assert reinforce.num_epochs_per_turn == 1 and reinforce.minibatch_size is None
     assert reinforce.clip_param == float("inf")
     assert built("seeupo_forward").update_order == "forward"
+    release = built("seeupo_release")
+    assert (release.old_policy, release.compound_ratio, release.advantage_clip_mode) == ("current", "stepwise", "clamp")
+    assert (release.skip_zero_advantage_updates, release.turn_optimizer_state) == (False, "shared")
 
 
 def test_base_file_is_applied_as_a_merge_patch(tmp_path):
