@@ -463,6 +463,7 @@ class SeeUPO(Algorithm):
             torch.tensor([group_of[repr(r.task_id)] for r in kept]),
             norm=self.config.advantage_norm,
             clip=self.config.advantage_clip,
+            clip_mode=self.config.advantage_clip_mode,
         )
         return kept, advantages.numpy()
 

@@ -124,6 +124,24 @@ def test_shared_module_checks_that_it_describes_the_env(ray_session):
 # -- the switches -------------------------------------------------------------------------
 
 
+def test_the_algorithm_computes_advantages_with_its_configured_clip_mode(ray_session):
+    """The switch must reach the training batch, not just the pure function: the same
+    rollouts get clamped advantages under ``clamp`` and zero-sum ones under ``scale_group``."""
+    figures = {}
+    for mode in ("clamp", "scale_group"):
+        algo = bandit_config(advantage_clip=0.5, advantage_clip_mode=mode).build_algo()
+        try:
+            rollouts, advantages = _batch(algo)
+        finally:
+            algo.stop()
+        groups = np.array([hash(repr(r.task_id)) for r in rollouts])
+        figures[mode] = (advantages, [float(advantages[groups == g].sum()) for g in np.unique(groups)])
+    clamped, scaled = figures["clamp"][0], figures["scale_group"][0]
+    assert np.abs(clamped).max() == pytest.approx(0.5) and np.abs(scaled).max() == pytest.approx(0.5)
+    assert all(abs(total) < 1e-5 for total in figures["scale_group"][1])
+    assert not np.allclose(clamped, scaled)
+
+
 @pytest.mark.parametrize("skip", [False, True])
 def test_an_update_without_signal_moves_nothing_only_when_skipped(ray_session, skip):
     algo = bandit_config(skip_zero_advantage_updates=skip).build_algo()
