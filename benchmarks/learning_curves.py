@@ -84,6 +84,23 @@ def curve_of(records: list[dict[str, float]], metric: str) -> tuple[list[list[fl
     return [[r["env_steps"], r[metric]] for r in records if metric in r and "env_steps" in r], metric
 
 
+# The update rule's settings, as the run's config resolves them (defaults included), stored
+# with every run: a finished run counts only while today's code resolves them the same way.
+UPDATE_RULE = (
+    "update_order", "advantage_norm", "advantage_clip", "advantage_clip_mode", "ratio_level", "clip_param",
+    "compound_ratio", "old_policy", "skip_zero_advantage_updates", "turn_optimizer_state", "turn_target_kl",
+    "num_epochs_per_turn", "minibatch_size", "lr",
+)
+
+
+def update_rule(path: Path, overrides: list[str]) -> dict:
+    """``{setting: value}`` of ``UPDATE_RULE`` for this run (those its algorithm has)."""
+    from rllib_seeupo.experiment import build_config, load_experiment
+
+    config = build_config(load_experiment(path, overrides))
+    return {key: getattr(config, key) for key in UPDATE_RULE if hasattr(config, key)}
+
+
 def train_run(label: str, path: Path, seed: int, overrides: list[str], args, run_dir: Path) -> dict:
     """Train one tuned example until ``args.budget`` env steps; the run's record."""
     from rllib_seeupo.cli import train_in_process
@@ -99,6 +116,7 @@ def train_run(label: str, path: Path, seed: int, overrides: list[str], args, run
     return {
         "algorithm": label, "run": experiment.run, "env": experiment.env, "seed": seed,
         "config_file": str(path.relative_to(ROOT)), "overrides": overrides, "budget": args.budget,
+        "update_rule": update_rule(path, overrides),
         "metric": metric, "curve": curve, "final": run["final"], "wall_time_s": run["wall_time_s"],
         "iterations": run["iterations"],
     }
@@ -410,10 +428,13 @@ def main() -> None:
             expected = run_overrides(examples[base], seed, args.set + variant)
             if path.exists():  # resumable: a finished run with the same settings is kept
                 record = json.loads(path.read_text())
-                if record.get("budget") == args.budget and record.get("overrides") == expected:
+                same_rule = record.get("update_rule", rule := update_rule(examples[base], expected)) == rule
+                if record.get("budget") == args.budget and record.get("overrides") == expected and same_rule:
                     runs.setdefault(label, []).append(record)
                     continue
-                print(f"{path.name}: other settings than this run's" + ("" if args.report_only else ", running it again"),
+                print(f"{path.name}: other settings than this run's"
+                      + ("" if same_rule else " (the update rule's defaults changed)")
+                      + ("" if args.report_only else ", running it again"),
                       flush=True)
             if args.report_only:
                 continue
