@@ -122,36 +122,56 @@ def train_run(label: str, path: Path, seed: int, overrides: list[str], args, run
     }
 
 
+def untrained_setting(path: Path, overrides: list[str]) -> dict:
+    """What the untrained model's held-out figures depend on: env, env_config, model_config
+    and the evaluation's split, number of tasks and batch size (greedy, k=1)."""
+    from rllib_seeupo.experiment import evaluation_settings, load_experiment
+
+    experiment = load_experiment(path, overrides)
+    settings = evaluation_settings(experiment)
+    return json.loads(json.dumps({
+        "env": experiment.env, "env_config": experiment.config.get("env_config") or {},
+        "model_config": experiment.config.get("model_config") or {},
+        **{key: settings[key] for key in ("split", "num_tasks", "k", "batch_size")},
+    }, default=str))
+
+
 def measure_untrained(path: Path, overrides: list[str], out: Path) -> dict:
     """Held-out figures of the untrained model, measured once per output folder.
 
     Every run starts from the same weights (LoRA's B is zero) and is evaluated greedily on
     the same first ``num_tasks`` tasks of the split, so one measurement stands for the
     ``before`` of every run (the runs then set ``evaluation.before=false``). Stored as
-    ``OUT/<env>/untrained.json`` and never redone."""
+    ``OUT/<env>/untrained.json`` with the setting it was measured in, and measured again
+    when that setting changes."""
+    setting = untrained_setting(path, overrides)
+    if setting["k"] != 1:
+        raise SystemExit("evaluation.before=false needs greedy evaluation (k=1): sampled figures differ by seed")
     target = out / "untrained.json"
     if target.exists():
-        return json.loads(target.read_text())
+        record = json.loads(target.read_text())
+        if record.get("setting") == setting:
+            return record
+        print(f"{target}: measured in another setting, measuring again", flush=True)
     import torch
 
     from rllib_seeupo.evaluation import evaluate, load_module, module_policy, progress_bar
-    from rllib_seeupo.experiment import evaluation_settings, load_experiment
+    from rllib_seeupo.experiment import load_experiment
+    from rllib_seeupo.llm.module import DEFAULTS
     from rllib_seeupo.turn_env import make_turn_env
 
     experiment = load_experiment(path, overrides)
-    settings = evaluation_settings(experiment)
-    config = experiment.config
     name = experiment.env.removeprefix("seeupo/")
-    env_config = dict(config.get("env_config") or {})
-    model_config = dict(config.get("model_config") or {})
+    env_config = dict(setting["env_config"])
+    model_config = dict(experiment.config.get("model_config") or {})
     if experiment.torch_threads:
         torch.set_num_threads(int(experiment.torch_threads))
-    task_ids = list(make_turn_env(name, env_config).task_ids(settings["split"]))[: settings["num_tasks"]]
-    module = load_module(model_config.pop("model"), model_config)
-    result = evaluate(module_policy(module), name, env_config, task_ids, k=settings["k"], sample=settings["k"] > 1,
-                      batch_size=settings["batch_size"], progress=progress_bar("   untrained"))
-    record = {"config_file": str(path.relative_to(ROOT)), "overrides": overrides, "split": settings["split"],
-              "num_tasks": len(task_ids), **result}
+    task_ids = list(make_turn_env(name, env_config).task_ids(setting["split"]))[: setting["num_tasks"]]
+    module = load_module(model_config.pop("model", DEFAULTS["model"]), model_config)
+    result = evaluate(module_policy(module), name, env_config, task_ids, sample=False,
+                      batch_size=setting["batch_size"], progress=progress_bar("   untrained"))
+    record = {"config_file": str(path.relative_to(ROOT)), "overrides": overrides, "setting": setting,
+              "split": setting["split"], "num_tasks": len(task_ids), **result}
     target.write_text(json.dumps(record, indent=1, default=str))
     return record
 
@@ -191,6 +211,10 @@ def _interval(diffs: list[float]) -> tuple[float, float, int] | None:
     return mean, float(stats.t.ppf(0.975, len(diffs) - 1)) * sample_std / math.sqrt(len(diffs)), len(diffs)
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
     """Held-out greedy success after training per algorithm: every seed, the paired
     difference against the baseline, per-level figures and collapses (a seed that ends
@@ -215,17 +239,15 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
         f"({untrained['num_tasks'] if untrained else '?'} {untrained['split'] if untrained else ''} tasks, "
         "the same for every run; mean +- std over seeds, per seed in brackets)",
         "",
-        f"| algorithm | runs | held-out success | - {args.baseline} (paired by seed, 95% CI) | collapses | "
-        + " | ".join(f"level {level}" for level in levels) + " | levels 3+4 | 3+4 - " + f"{args.baseline} (paired) |",
-        "|---|---|---|---|---|" + "---|" * len(levels) + "---|---|",
+        _row(["algorithm", "runs", "held-out success", f"- {args.baseline} (paired by seed, 95% CI)", "collapses",
+              *(f"level {level}" for level in levels), "levels 3+4", f"3+4 - {args.baseline} (paired)"]),
+        _row(["---"] * (7 + len(levels))),
     ]
     if base_figures is not None:
         md = multi_decision(base_figures)
-        lines.append(
-            f"| untrained | 1 | {base_figures['all']:.3f} | - | - | "
-            + " | ".join(f"{base_figures.get(level, float('nan')):.3f}" for level in levels)
-            + (f" | {md:.3f} | - |" if md is not None else " | - | - |")
-        )
+        lines.append(_row(["untrained", "1", f"{base_figures['all']:.3f}", "-", "-",
+                           *(f"{base_figures[level]:.3f}" if level in base_figures else "-" for level in levels),
+                           "-" if md is None else f"{md:.3f}", "-"]))
     for label, rs in with_eval.items():
         figures = [held_out(r) for r in rs]
         mean, std = _mean_std([f["all"] for f in figures])
@@ -239,14 +261,15 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
             level_cells.append(f"{_mean_std(values)[0]:.3f}" if values else "-")
         md_values = [multi_decision(f) for f in figures]
         md_cell = "-" if None in md_values else f"{_mean_std(md_values)[0]:.3f} +- {_mean_std(md_values)[1]:.3f}"
-        md_paired = None if label == args.baseline or None in md_values else _interval(
-            [m - multi_decision(baseline[r["seed"]]) for m, r in zip(md_values, rs) if r["seed"] in baseline])
-        lines.append(
-            f"| {label} | {len(rs)} | {mean:.3f} +- {std:.3f} [{per_seed}] | "
-            + ("-" if paired is None else f"{paired[0]:+.3f} +- {paired[1]:.3f} (n={paired[2]})")
-            + f" | {collapses} | " + " | ".join(level_cells) + f" | {md_cell} | "
-            + ("-" if md_paired is None else f"{md_paired[0]:+.3f} +- {md_paired[1]:.3f}") + " |"
-        )
+        md_paired = None if label == args.baseline or None in md_values else _interval([
+            m - multi_decision(baseline[r["seed"]]) for m, r in zip(md_values, rs)
+            if r["seed"] in baseline and multi_decision(baseline[r["seed"]]) is not None
+        ])
+        lines.append(_row([
+            label, str(len(rs)), f"{mean:.3f} +- {std:.3f} [{per_seed}]",
+            "-" if paired is None else f"{paired[0]:+.3f} +- {paired[1]:.3f} (n={paired[2]})", collapses,
+            *level_cells, md_cell, "-" if md_paired is None else f"{md_paired[0]:+.3f} +- {md_paired[1]:.3f}",
+        ]))
     lines += ["", "collapses: seeds whose held-out success ended more than 0.05 below the untrained model's."]
     return "\n".join(lines) + "\n"
 
@@ -411,13 +434,17 @@ def main() -> None:
     if ENVS[args.env][2] != "optimality_ratio" and not args.report_only:
         # LLM envs: one measurement of the untrained model serves every run that skips its own
         # (`evaluation.before=false`).
-        base, variant = split_label(labels[0])
-        experiment_overrides = run_overrides(examples[base], args.seeds[0], args.set + variant)
         from rllib_seeupo.experiment import evaluation_settings, load_experiment
 
-        experiment = load_experiment(examples[base], experiment_overrides)
+        resolved = [(examples[base], run_overrides(examples[base], args.seeds[0], args.set + variant))
+                    for base, variant in map(split_label, labels)]
+        experiment = load_experiment(*resolved[0])
         if experiment.evaluation and not evaluation_settings(experiment)["before"]:
-            untrained = measure_untrained(examples[base], experiment_overrides, out)
+            settings = {json.dumps(untrained_setting(*r), sort_keys=True) for r in resolved}
+            if len(settings) > 1:
+                parser.error("the algorithms differ in env, model or evaluation settings: one untrained "
+                             "measurement cannot stand for all of them; run them with separate --out folders")
+            untrained = measure_untrained(*resolved[0], out)
             print(f"untrained: held-out success {untrained['success_rate']:.3f} on {untrained['num_tasks']} tasks", flush=True)
     runs: dict[str, list[dict]] = {}
     start = time.time()
@@ -428,7 +455,7 @@ def main() -> None:
             expected = run_overrides(examples[base], seed, args.set + variant)
             if path.exists():  # resumable: a finished run with the same settings is kept
                 record = json.loads(path.read_text())
-                same_rule = record.get("update_rule", rule := update_rule(examples[base], expected)) == rule
+                same_rule = record.get("update_rule") == update_rule(examples[base], expected)
                 if record.get("budget") == args.budget and record.get("overrides") == expected and same_rule:
                     runs.setdefault(label, []).append(record)
                     continue

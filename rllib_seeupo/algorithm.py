@@ -327,8 +327,10 @@ class SeeUPO(Algorithm):
         episode_ids = [rollouts[i].episode_id for i in index]
         key = turn_metrics_key(np.array([k for _, k in rows]))
         lap("collate")
-        if config.skip_zero_advantage_updates and not np.any(advantages[index]):
+        no_signal = not np.any(advantages[index]) and config.kl_coeff == 0 and config.entropy_coeff == 0
+        if config.skip_zero_advantage_updates and no_signal:
             # No signal: no step at all (Adam's carried moments would still move the weights).
+            # With a KL or entropy term the loss still has a gradient, so the step is taken.
             self.metrics.log_value((LEARNER_RESULTS, SHARED_MODULE_ID, key, "skipped"), 1.0, window=1)
             return columns, episode_ids
         # With one full-batch step on a local learner, pi_old (the current weights) is what

@@ -124,8 +124,8 @@ class SeeUPOConfig(AlgorithmConfig):
             max_turns: Train turns 0 .. max_turns-1 only; later turns of longer episodes are
                 left out of every update (counted in ``rollouts/dropped_turns``). None: all.
             skip_zero_advantage_updates: Skip a turn update whose advantages are all zero
-                (no signal): no optimizer step, so Adam's carried moments cannot move the
-                weights either.
+                and whose loss has no KL or entropy term (no signal): no optimizer step, so
+                Adam's carried moments cannot move the weights either.
             turn_optimizer_state: ``shared`` (one optimizer state across all turn updates),
                 ``reset_first_moment`` (Adam's first moment zeroed before every turn update)
                 or ``per_turn`` (one optimizer state per turn; not saved in checkpoints).

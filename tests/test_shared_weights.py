@@ -142,9 +142,10 @@ def test_the_algorithm_computes_advantages_with_its_configured_clip_mode(ray_ses
     assert not np.allclose(clamped, scaled)
 
 
-@pytest.mark.parametrize("skip", [False, True])
-def test_an_update_without_signal_moves_nothing_only_when_skipped(ray_session, skip):
-    algo = bandit_config(skip_zero_advantage_updates=skip).build_algo()
+@pytest.mark.parametrize("skip, kl_coeff", [(False, 0.0), (True, 0.0), (True, 0.1)])
+def test_an_update_without_signal_moves_nothing_only_when_skipped(ray_session, skip, kl_coeff):
+    """All-zero advantages are no signal only without a KL term: with one, the step is taken."""
+    algo = bandit_config(skip_zero_advantage_updates=skip, kl_coeff=kl_coeff).build_algo()
     try:
         rollouts, advantages = _batch(algo)
         rng = np.random.default_rng(0)
@@ -152,7 +153,7 @@ def test_an_update_without_signal_moves_nothing_only_when_skipped(ray_session, s
         before = algo.learner_group._learner.module[SHARED_MODULE_ID].logits.detach().clone()
         algo.update_policy(rollouts, np.zeros_like(advantages), rng)
         after = algo.learner_group._learner.module[SHARED_MODULE_ID].logits.detach().clone()
-        assert torch.equal(before, after) == skip
+        assert torch.equal(before, after) == (skip and kl_coeff == 0)
     finally:
         algo.stop()
 
