@@ -261,9 +261,9 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
             level_cells.append(f"{_mean_std(values)[0]:.3f}" if values else "-")
         md_values = [multi_decision(f) for f in figures]
         md_cell = "-" if None in md_values else f"{_mean_std(md_values)[0]:.3f} +- {_mean_std(md_values)[1]:.3f}"
+        base_md = {seed: multi_decision(f) for seed, f in baseline.items()}
         md_paired = None if label == args.baseline or None in md_values else _interval([
-            m - multi_decision(baseline[r["seed"]]) for m, r in zip(md_values, rs)
-            if r["seed"] in baseline and multi_decision(baseline[r["seed"]]) is not None
+            m - base_md[r["seed"]] for m, r in zip(md_values, rs) if base_md.get(r["seed"]) is not None
         ])
         lines.append(_row([
             label, str(len(rs)), f"{mean:.3f} +- {std:.3f} [{per_seed}]",
