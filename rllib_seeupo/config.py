@@ -45,18 +45,23 @@ class SeeUPOConfig(AlgorithmConfig):
         self.update_order = UpdateOrder.REVERSE.value
         self.advantage_norm = AdvantageNorm.BATCH.value
         self.advantage_clip = 3.0
-        self.advantage_clip_mode = AdvantageClip.CLAMP.value
+        # One LLM serves every turn, so a turn's update also moves the others' responses
+        # (docs/RESULTS.md section 4): a zero-sum clip, every turn anchored at the rollout
+        # policy with the joint (cumulative) compound factor, and no step without signal.
+        # `tuned_examples/*_seeupo_release*.yaml` has the release's rule (clamp, current,
+        # stepwise, a step every turn).
+        self.advantage_clip_mode = AdvantageClip.SCALE_GROUP.value
         self.ratio_level = RatioLevel.SEQUENCE.value
         self.clip_param = 0.2
-        self.compound_ratio = CompoundRatio.STEPWISE.value
+        self.compound_ratio = CompoundRatio.CUMULATIVE.value
         self.compound_clip = 0.2
         self.kl_coeff = 0.002
         self.entropy_coeff = 0.0
         self.num_epochs_per_turn = 1
         self.minibatch_size = None
-        self.old_policy = "current"
+        self.old_policy = "rollout"
         self.max_turns = None
-        self.skip_zero_advantage_updates = False
+        self.skip_zero_advantage_updates = True
         self.turn_optimizer_state = "shared"
         self.turn_target_kl = None
         self.lr = 1e-5

@@ -27,6 +27,10 @@ class GRPOConfig(SeeUPOConfig):
         self.advantage_norm = "group_std"
         self.ratio_level = "token"
         self.compound_ratio = "none"
+        # As in the literature: pi_old is the weights the update starts from, and one step
+        # every iteration, signal or not (SeeUPO's shared-weight defaults are not theirs).
+        self.old_policy = "current"
+        self.skip_zero_advantage_updates = False
 
 
 class GSPOConfig(SeeUPOConfig):
@@ -38,6 +42,10 @@ class GSPOConfig(SeeUPOConfig):
         self.advantage_norm = "group_std"
         self.ratio_level = "sequence"
         self.compound_ratio = "none"
+        # As in the literature: pi_old is the weights the update starts from, and one step
+        # every iteration, signal or not (SeeUPO's shared-weight defaults are not theirs).
+        self.old_policy = "current"
+        self.skip_zero_advantage_updates = False
 
 
 class RLOOConfig(SeeUPOConfig):
@@ -49,6 +57,10 @@ class RLOOConfig(SeeUPOConfig):
         self.advantage_norm = "leave_one_out"
         self.ratio_level = "token"
         self.compound_ratio = "none"
+        # As in the literature: pi_old is the weights the update starts from, and one step
+        # every iteration, signal or not (SeeUPO's shared-weight defaults are not theirs).
+        self.old_policy = "current"
+        self.skip_zero_advantage_updates = False
 
 
 class GRAEReinforceConfig(SeeUPOConfig):
@@ -60,6 +72,10 @@ class GRAEReinforceConfig(SeeUPOConfig):
         self.advantage_norm = "none"
         self.ratio_level = "sequence"
         self.compound_ratio = "none"
+        # As in the literature: pi_old is the weights the update starts from, and one step
+        # every iteration, signal or not (SeeUPO's shared-weight defaults are not theirs).
+        self.old_policy = "current"
+        self.skip_zero_advantage_updates = False
         self.clip_param = float("inf")
         self.num_epochs_per_turn = 1
         self.minibatch_size = None
