@@ -27,10 +27,12 @@ class GRPOConfig(SeeUPOConfig):
         self.advantage_norm = "group_std"
         self.ratio_level = "token"
         self.compound_ratio = "none"
-        # As in the literature: pi_old is the weights the update starts from, and one step
-        # every iteration, signal or not (SeeUPO's shared-weight defaults are not theirs).
+        # As in the literature: pi_old is the weights the update starts from, one step every
+        # iteration, signal or not, and each advantage clamped on its own (SeeUPO's
+        # shared-weight defaults are not theirs).
         self.old_policy = "current"
         self.skip_zero_advantage_updates = False
+        self.advantage_clip_mode = "clamp"
 
 
 class GSPOConfig(SeeUPOConfig):
@@ -42,10 +44,12 @@ class GSPOConfig(SeeUPOConfig):
         self.advantage_norm = "group_std"
         self.ratio_level = "sequence"
         self.compound_ratio = "none"
-        # As in the literature: pi_old is the weights the update starts from, and one step
-        # every iteration, signal or not (SeeUPO's shared-weight defaults are not theirs).
+        # As in the literature: pi_old is the weights the update starts from, one step every
+        # iteration, signal or not, and each advantage clamped on its own (SeeUPO's
+        # shared-weight defaults are not theirs).
         self.old_policy = "current"
         self.skip_zero_advantage_updates = False
+        self.advantage_clip_mode = "clamp"
 
 
 class RLOOConfig(SeeUPOConfig):
@@ -57,10 +61,12 @@ class RLOOConfig(SeeUPOConfig):
         self.advantage_norm = "leave_one_out"
         self.ratio_level = "token"
         self.compound_ratio = "none"
-        # As in the literature: pi_old is the weights the update starts from, and one step
-        # every iteration, signal or not (SeeUPO's shared-weight defaults are not theirs).
+        # As in the literature: pi_old is the weights the update starts from, one step every
+        # iteration, signal or not, and each advantage clamped on its own (SeeUPO's
+        # shared-weight defaults are not theirs).
         self.old_policy = "current"
         self.skip_zero_advantage_updates = False
+        self.advantage_clip_mode = "clamp"
 
 
 class GRAEReinforceConfig(SeeUPOConfig):
@@ -72,10 +78,12 @@ class GRAEReinforceConfig(SeeUPOConfig):
         self.advantage_norm = "none"
         self.ratio_level = "sequence"
         self.compound_ratio = "none"
-        # As in the literature: pi_old is the weights the update starts from, and one step
-        # every iteration, signal or not (SeeUPO's shared-weight defaults are not theirs).
+        # As in the literature: pi_old is the weights the update starts from, one step every
+        # iteration, signal or not, and each advantage clamped on its own (SeeUPO's
+        # shared-weight defaults are not theirs).
         self.old_policy = "current"
         self.skip_zero_advantage_updates = False
+        self.advantage_clip_mode = "clamp"
         self.clip_param = float("inf")
         self.num_epochs_per_turn = 1
         self.minibatch_size = None
