@@ -215,6 +215,24 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def largest_drift(record: dict) -> tuple[float, float] | None:
+    """The run's largest per-turn k3 KL from the rollout policy (``.../turn_k/kl_old`` or
+    ``.../all_turns/kl_old``: the mean over a turn update's minibatches, each measured before
+    its step) and largest share of rows outside the clip range, over every iteration; None
+    for an algorithm that does not report them (RLlib's PPO)."""
+    kls, clips = [], []
+    for iteration in record["iterations"]:
+        for key, value in iteration.items():
+            parts = key.split("/")
+            if len(parts) != 4 or parts[0] != "learners" or not isinstance(value, (int, float)) or math.isnan(value):
+                continue
+            if parts[3] == "kl_old":
+                kls.append(value)
+            elif parts[3] == "clip_fraction":
+                clips.append(value)
+    return (max(kls), max(clips)) if kls and clips else None
+
+
 def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
     """Held-out greedy success after training per algorithm: every seed, the paired
     difference against the baseline, per-level figures and collapses (a seed that ends
@@ -240,14 +258,15 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
         "the same for every run; mean +- std over seeds, per seed in brackets)",
         "",
         _row(["algorithm", "runs", "held-out success", f"- {args.baseline} (paired by seed, 95% CI)", "collapses",
-              *(f"level {level}" for level in levels), "levels 3+4", f"3+4 - {args.baseline} (paired)"]),
-        _row(["---"] * (7 + len(levels))),
+              *(f"level {level}" for level in levels), "levels 3+4", f"3+4 - {args.baseline} (paired)",
+              "largest KL / clip share per run (mean over seeds) [max]"]),
+        _row(["---"] * (8 + len(levels))),
     ]
     if base_figures is not None:
         md = multi_decision(base_figures)
         lines.append(_row(["untrained", "1", f"{base_figures['all']:.3f}", "-", "-",
                            *(f"{base_figures[level]:.3f}" if level in base_figures else "-" for level in levels),
-                           "-" if md is None else f"{md:.3f}", "-"]))
+                           "-" if md is None else f"{md:.3f}", "-", "-"]))
     for label, rs in with_eval.items():
         figures = [held_out(r) for r in rs]
         mean, std = _mean_std([f["all"] for f in figures])
@@ -269,8 +288,11 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
             label, str(len(rs)), f"{mean:.3f} +- {std:.3f} [{per_seed}]",
             "-" if paired is None else f"{paired[0]:+.3f} +- {paired[1]:.3f} (n={paired[2]})", collapses,
             *level_cells, md_cell, "-" if md_paired is None else f"{md_paired[0]:+.3f} +- {md_paired[1]:.3f}",
+            drift_cell([largest_drift(r) for r in rs]),
         ]))
-    lines += ["", "collapses: seeds whose held-out success ended more than 0.05 below the untrained model's."]
+    lines += ["", "collapses: seeds whose held-out success ended more than 0.05 below the untrained model's.",
+              "largest KL / clip share: per run, the largest k3 KL from the rollout policy and the largest share "
+              "of rows outside the clip range of any turn update in any iteration."]
     return "\n".join(lines) + "\n"
 
 
@@ -288,6 +310,13 @@ def summarise(curve: list[list[float]], budget: int) -> dict[str, float]:
         best = max(best, y)
         collapsed |= best > 0 and y < best / 2
     return {"final": ys[-1], "auc": area, "best": max(ys), "collapsed": collapsed}
+
+
+def drift_cell(drifts: list[tuple[float, float] | None]) -> str:
+    if None in drifts:
+        return "-"
+    kls, clips = [d[0] for d in drifts], [d[1] for d in drifts]
+    return f"{_mean_std(kls)[0]:.2f} [{max(kls):.2f}] / {_mean_std(clips)[0]:.2f} [{max(clips):.2f}]"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
