@@ -218,11 +218,15 @@ def _row(cells: list[str]) -> str:
 def largest_drift(record: dict) -> tuple[float, float] | None:
     """The run's largest per-turn k3 KL from pi_old (``.../turn_k/kl_old`` or
     ``.../all_turns/kl_old``: the mean over a turn update's minibatches, each measured before
-    its step) and largest share of rows outside the clip range, over every iteration; None
-    for an algorithm that does not report them (RLlib's PPO). pi_old is the rollout policy
-    under ``old_policy: rollout`` and in a parallel update, but the weights a turn update
-    started from under ``old_policy: current``, so there the KL leaves out what the later
-    turns' updates moved."""
+    its step) and largest share of rows outside the clip range (also means over a turn
+    update's minibatches), over every iteration. pi_old is the rollout policy under
+    ``old_policy: rollout`` and in a parallel update; under ``old_policy: current`` with a
+    sequential update it is the weights the turn update started from, which leaves out what
+    the later turns' updates moved (and is 0 by construction with one step per turn), so
+    such a run gives None, as does an algorithm that reports neither (RLlib's PPO)."""
+    rule = record.get("update_rule") or {}
+    if rule.get("old_policy") == "current" and rule.get("update_order") != "parallel":
+        return None
     kls, clips = [], []
     for iteration in record["iterations"]:
         for key, value in iteration.items():
@@ -262,7 +266,7 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
         "",
         _row(["algorithm", "runs", "held-out success", f"- {args.baseline} (paired by seed, 95% CI)", "collapses",
               *(f"level {level}" for level in levels), "levels 3+4", f"3+4 - {args.baseline} (paired)",
-              "largest KL from pi_old / clip share per run (mean over seeds) [max]"]),
+              "largest KL / clip share per run (mean over seeds) [max]"]),
         _row(["---"] * (8 + len(levels))),
     ]
     if base_figures is not None:
@@ -294,9 +298,10 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
             drift_cell([largest_drift(r) for r in rs]),
         ]))
     lines += ["", "collapses: seeds whose held-out success ended more than 0.05 below the untrained model's.",
-              "largest KL from pi_old / clip share: per run, the largest k3 KL from pi_old and the largest share "
-              "of rows outside the clip range of any turn update in any iteration (pi_old: the rollout policy, "
-              "except under old_policy current, where it is the weights the turn update started from)."]
+              "largest KL / clip share: per run, the largest k3 KL from the rollout policy and the largest share "
+              "of rows (responses) whose sequence-level ratio left the clip range, each a turn update's mean over its minibatches, "
+              "in any turn update of any iteration; '-' where the run measures neither against the rollout "
+              "policy (old_policy current with a sequential update, RLlib's PPO)."]
     return "\n".join(lines) + "\n"
 
 

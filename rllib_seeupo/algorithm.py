@@ -1,6 +1,7 @@
 """``SeeUPO``: the training loop. Sample task groups, compute GRAE advantages, then update
 the turns one after another (reverse order by default), carrying HAPPO's compound factor
-M between them, and finally sync the new weights to the env runners."""
+M between them (by default its shared-weight form: the joint ratio of the turns already
+updated against the rollout policy), and finally sync the new weights to the env runners."""
 
 from __future__ import annotations
 

@@ -176,7 +176,9 @@ def test_single_step_fast_path_equals_explicit_old_policy_recompute(ray_session)
     tables, factors = [], []
     for minibatch_size in (None, 16):  # 16 = all rows of a turn: same step, recompute path
         torch.manual_seed(0)
-        algo = bandit_config(kl_coeff=0.0, minibatch_size=minibatch_size).build_algo()
+        # The release's rule: the recompute path exists only under `old_policy: current`.
+        algo = bandit_config(kl_coeff=0.0, minibatch_size=minibatch_size, old_policy="current",
+                             compound_ratio="stepwise").build_algo()
         try:
             result = algo.train()
             tables.append(_table(algo))

@@ -377,6 +377,8 @@ def test_qwen3_tuned_example_loads_and_validates_with_the_release_settings():
     assert config.lr == 1e-6 and config.tasks_per_iteration == 32 and config.group_size == 8
     assert config.kl_coeff == 0.002 and config.clip_param == 0.2 and config.compound_clip == 0.2
     assert config.num_epochs_per_turn == 1 and config.num_gpus_per_learner == 1
+    assert (config.old_policy, config.compound_ratio, config.advantage_clip_mode) == ("current", "stepwise", "clamp")
+    assert config.skip_zero_advantage_updates is False
     assert config.env_config["max_turns"] == 10 and config.env_config["categories"] == ["multi_turn_base"]
     assert config.model_config["model"] == "hf:Qwen/Qwen3-14B" and config.model_config["temperature"] == 0.9
     assert experiment.evaluation["split"] == "test" and experiment.evaluation["k"] == 4

@@ -278,8 +278,9 @@ def test_drift_diagnostic_ranks_a_restarted_trust_region_above_the_rollout_ancho
 
     example = Path(__file__).resolve().parents[1] / "tuned_examples" / "bandit_shared_seeupo.yaml"
     drift, batches = {}, []
-    for name, settings in (("released", ["old_policy=current", "compound_ratio=stepwise"]),
-                           ("anchored", ["old_policy=rollout", "compound_ratio=cumulative"])):
+    clamp = ["advantage_clip_mode=clamp", "skip_zero_advantage_updates=false"]
+    for name, settings in (("released", ["old_policy=current", "compound_ratio=stepwise", *clamp]),
+                           ("anchored", ["old_policy=rollout", "compound_ratio=cumulative", *clamp])):
         overrides = ["minibatch_size=16", "num_epochs_per_turn=2", "lr=0.03", *settings]
         algo = build_config(load_experiment(example, overrides)).build_algo()
         try:
