@@ -27,9 +27,10 @@ class GRPOConfig(SeeUPOConfig):
         self.advantage_norm = "group_std"
         self.ratio_level = "token"
         self.compound_ratio = "none"
-        # As in the literature: pi_old is the weights the update starts from, one step every
-        # iteration, signal or not, and each advantage clamped on its own (SeeUPO's
-        # shared-weight defaults are not theirs).
+        # As in the literature, pi_old is the weights the update starts from and there is a
+        # step every iteration, signal or not; the advantage clip stays the per-advantage
+        # clamp these baselines were measured with (SeeUPO's shared-weight defaults are not
+        # theirs).
         self.old_policy = "current"
         self.skip_zero_advantage_updates = False
         self.advantage_clip_mode = "clamp"
@@ -44,9 +45,10 @@ class GSPOConfig(SeeUPOConfig):
         self.advantage_norm = "group_std"
         self.ratio_level = "sequence"
         self.compound_ratio = "none"
-        # As in the literature: pi_old is the weights the update starts from, one step every
-        # iteration, signal or not, and each advantage clamped on its own (SeeUPO's
-        # shared-weight defaults are not theirs).
+        # As in the literature, pi_old is the weights the update starts from and there is a
+        # step every iteration, signal or not; the advantage clip stays the per-advantage
+        # clamp these baselines were measured with (SeeUPO's shared-weight defaults are not
+        # theirs).
         self.old_policy = "current"
         self.skip_zero_advantage_updates = False
         self.advantage_clip_mode = "clamp"
@@ -61,9 +63,10 @@ class RLOOConfig(SeeUPOConfig):
         self.advantage_norm = "leave_one_out"
         self.ratio_level = "token"
         self.compound_ratio = "none"
-        # As in the literature: pi_old is the weights the update starts from, one step every
-        # iteration, signal or not, and each advantage clamped on its own (SeeUPO's
-        # shared-weight defaults are not theirs).
+        # As in the literature, pi_old is the weights the update starts from and there is a
+        # step every iteration, signal or not; the advantage clip stays the per-advantage
+        # clamp these baselines were measured with (SeeUPO's shared-weight defaults are not
+        # theirs).
         self.old_policy = "current"
         self.skip_zero_advantage_updates = False
         self.advantage_clip_mode = "clamp"
@@ -78,9 +81,10 @@ class GRAEReinforceConfig(SeeUPOConfig):
         self.advantage_norm = "none"
         self.ratio_level = "sequence"
         self.compound_ratio = "none"
-        # As in the literature: pi_old is the weights the update starts from, one step every
-        # iteration, signal or not, and each advantage clamped on its own (SeeUPO's
-        # shared-weight defaults are not theirs).
+        # As in the literature, pi_old is the weights the update starts from and there is a
+        # step every iteration, signal or not; the advantage clip stays the per-advantage
+        # clamp these baselines were measured with (SeeUPO's shared-weight defaults are not
+        # theirs).
         self.old_policy = "current"
         self.skip_zero_advantage_updates = False
         self.advantage_clip_mode = "clamp"

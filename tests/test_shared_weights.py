@@ -45,6 +45,18 @@ def _batch(algo, seed=0):
 # -- pure functions --------------------------------------------------------------------
 
 
+def test_seeupo_defaults_are_the_shared_weight_rule_and_the_presets_keep_theirs():
+    """docs/RESULTS.md section 4d chose SeeUPO's defaults; the baselines must not inherit them."""
+    from rllib_seeupo.presets import GRAEReinforceConfig, GRPOConfig, GSPOConfig, RLOOConfig
+
+    def rule(config):
+        return (config.old_policy, config.compound_ratio, config.advantage_clip_mode, config.skip_zero_advantage_updates)
+
+    assert rule(SeeUPOConfig()) == ("rollout", "cumulative", "scale_group", True)
+    for preset in (GRPOConfig, GSPOConfig, RLOOConfig, GRAEReinforceConfig):
+        assert rule(preset()) == ("current", "none", "clamp", False), preset.__name__
+
+
 def test_group_scaled_clip_keeps_every_group_summing_to_zero():
     rewards = torch.tensor([1.0] + [0.0] * 7 + [1.0, 1.0] + [0.0] * 6 + [0.0] * 16)
     groups = torch.arange(32) // 8
