@@ -18,76 +18,55 @@ if TYPE_CHECKING:
     from ray.rllib.algorithms.ppo import PPOConfig
 
 
-class GRPOConfig(SeeUPOConfig):
+class _ParallelBaselineConfig(SeeUPOConfig):
+    """What every baseline shares: all turns in one update, no compound factor, and, as in
+    the literature, pi_old the weights the update starts from and a step every iteration,
+    signal or not; the advantage clip stays the per-advantage clamp these baselines were
+    measured with (SeeUPO's shared-weight defaults are not theirs)."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class)
+        self.update_order = "parallel"
+        self.compound_ratio = "none"
+        self.old_policy = "current"
+        self.skip_zero_advantage_updates = False
+        self.advantage_clip_mode = "clamp"
+
+
+class GRPOConfig(_ParallelBaselineConfig):
     """GRPO (Shao et al. 2024): all turns in one update, per-group std, token-level ratio."""
 
     def __init__(self, algo_class=None):
         super().__init__(algo_class=algo_class or GRPO)
-        self.update_order = "parallel"
         self.advantage_norm = "group_std"
         self.ratio_level = "token"
-        self.compound_ratio = "none"
-        # As in the literature, pi_old is the weights the update starts from and there is a
-        # step every iteration, signal or not; the advantage clip stays the per-advantage
-        # clamp these baselines were measured with (SeeUPO's shared-weight defaults are not
-        # theirs).
-        self.old_policy = "current"
-        self.skip_zero_advantage_updates = False
-        self.advantage_clip_mode = "clamp"
 
 
-class GSPOConfig(SeeUPOConfig):
+class GSPOConfig(_ParallelBaselineConfig):
     """GSPO (Zheng et al. 2025): all turns in one update, per-group std, sequence ratio."""
 
     def __init__(self, algo_class=None):
         super().__init__(algo_class=algo_class or GSPO)
-        self.update_order = "parallel"
         self.advantage_norm = "group_std"
         self.ratio_level = "sequence"
-        self.compound_ratio = "none"
-        # As in the literature, pi_old is the weights the update starts from and there is a
-        # step every iteration, signal or not; the advantage clip stays the per-advantage
-        # clamp these baselines were measured with (SeeUPO's shared-weight defaults are not
-        # theirs).
-        self.old_policy = "current"
-        self.skip_zero_advantage_updates = False
-        self.advantage_clip_mode = "clamp"
 
 
-class RLOOConfig(SeeUPOConfig):
+class RLOOConfig(_ParallelBaselineConfig):
     """RLOO (Ahmadian et al. 2024): all turns in one update, leave-one-out baseline, no std."""
 
     def __init__(self, algo_class=None):
         super().__init__(algo_class=algo_class or RLOO)
-        self.update_order = "parallel"
         self.advantage_norm = "leave_one_out"
         self.ratio_level = "token"
-        self.compound_ratio = "none"
-        # As in the literature, pi_old is the weights the update starts from and there is a
-        # step every iteration, signal or not; the advantage clip stays the per-advantage
-        # clamp these baselines were measured with (SeeUPO's shared-weight defaults are not
-        # theirs).
-        self.old_policy = "current"
-        self.skip_zero_advantage_updates = False
-        self.advantage_clip_mode = "clamp"
 
 
-class GRAEReinforceConfig(SeeUPOConfig):
+class GRAEReinforceConfig(_ParallelBaselineConfig):
     """REINFORCE with group-centred advantages: one on-policy step on all turns, no clip."""
 
     def __init__(self, algo_class=None):
         super().__init__(algo_class=algo_class or GRAEReinforce)
-        self.update_order = "parallel"
         self.advantage_norm = "none"
         self.ratio_level = "sequence"
-        self.compound_ratio = "none"
-        # As in the literature, pi_old is the weights the update starts from and there is a
-        # step every iteration, signal or not; the advantage clip stays the per-advantage
-        # clamp these baselines were measured with (SeeUPO's shared-weight defaults are not
-        # theirs).
-        self.old_policy = "current"
-        self.skip_zero_advantage_updates = False
-        self.advantage_clip_mode = "clamp"
         self.clip_param = float("inf")
         self.num_epochs_per_turn = 1
         self.minibatch_size = None
