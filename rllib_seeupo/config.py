@@ -215,6 +215,10 @@ class SeeUPOConfig(AlgorithmConfig):
             fail("max_turns", "must be an integer >= 1 or None")
         if self.minibatch_size is not None and (not isinstance(self.minibatch_size, int) or self.minibatch_size < 1):
             fail("minibatch_size", "must be an integer >= 1 or None")
+        if self.num_epochs != 1:
+            # RLlib's PPO field; SeeUPO's passes are per turn update, and silently ignoring
+            # it would leave a user's PPO-style config training one pass per turn.
+            fail("num_epochs", "SeeUPO does not read it: set num_epochs_per_turn (passes over a turn's rows per turn update)")
         if self.batch_mode != "complete_episodes":
             fail("batch_mode", "must be 'complete_episodes': advantages need whole episodes")
         if not isinstance(self.lr, (list, tuple)) and not (isinstance(self.lr, (int, float)) and self.lr > 0):

@@ -86,6 +86,7 @@ def test_presets_train_with_their_settings(ray_session, config_cls, order, norm,
         ("num_epochs_per_turn", 0),
         ("old_policy", "behaviour"),
         ("max_turns", 0),
+        ("num_epochs", 4),
     ],
 )
 def test_validate_names_the_bad_field(field, value):
