@@ -105,6 +105,9 @@ class SeeUPOConfig(AlgorithmConfig):
         Args:
             group_size: Rollouts per task (n); advantages are relative to the group.
             tasks_per_iteration: Tasks drawn per iteration (B); B * n episodes are sampled.
+                Tasks are drawn with replacement when B exceeds the env's train tasks, and
+                the draws of one task form one group (a one-context bandit: one group of
+                B * n episodes).
             update_order: ``reverse`` (SeeUPO: T-1 down to 0), ``forward``, ``random`` or
                 ``parallel`` (every turn in one update, as GRPO/GSPO).
             advantage_norm: ``batch`` (one std over the batch, then clip), ``none``,
