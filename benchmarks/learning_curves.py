@@ -393,6 +393,19 @@ def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
     return table
 
 
+def legend_label(label: str, width: int = 48) -> str:
+    """``label`` broken at its ``@`` overrides into lines of about ``width`` characters, so
+    that a long variant's legend entry does not squeeze the axes."""
+    lines = [""]
+    for i, part in enumerate(label.split("@")):
+        piece = part if i == 0 else "@" + part
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("  " + piece)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
+
+
 def plot(env: str, runs: dict[str, list[dict]], args, out: Path) -> Path:
     import matplotlib
 
@@ -416,13 +429,13 @@ def plot(env: str, runs: dict[str, list[dict]], args, out: Path) -> Path:
             ys = np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
             colour = "black" if label == MAIN else next(colours)
             style = "-" if label == MAIN or int(colour[1:]) < 10 else "--"
-            ax.plot(grid, ys.mean(0), style, color=colour, label=f"{label} ({len(curves)})",
+            ax.plot(grid, ys.mean(0), style, color=colour, label=f"{legend_label(label)} ({len(curves)})",
                     linewidth=2.2 if label == MAIN else 1.3)
             ax.fill_between(grid, ys.min(0), ys.max(0), color=colour, alpha=0.08)
         ax.set_title(title)
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
     axes[0][0].set_ylabel(metric)
     fig.suptitle(f"{env}: mean over seeds {args.seeds} (line) and their range (band), "
                  f"{args.budget} env steps per run", fontsize=10)
