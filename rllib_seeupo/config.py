@@ -121,7 +121,8 @@ class SeeUPOConfig(AlgorithmConfig):
             compound_ratio: ``stepwise`` (HAPPO's factor M: the product of each updated
                 turn's ratio change around its own update), ``cumulative`` (the joint ratio
                 of the turns updated so far, current weights against the rollout policy) or
-                ``none``.
+                ``none``. Either factor is built from GSPO's length-normalised sequence
+                ratios (``objectives.sequence_log_ratio``), whatever ``ratio_level`` is.
             compound_clip: Clip range eps_M of M.
             kl_coeff: beta of the k3 KL to the reference (initial) policy.
             entropy_coeff: Coefficient of the entropy bonus.
