@@ -110,8 +110,10 @@ class SeeUPOConfig(AlgorithmConfig):
                 B * n episodes).
             update_order: ``reverse`` (SeeUPO: T-1 down to 0), ``forward``, ``random`` or
                 ``parallel`` (every turn in one update, as GRPO/GSPO).
-            advantage_norm: ``batch`` (one std over the batch, then clip), ``none``,
-                ``group_std`` (GRPO) or ``leave_one_out`` (RLOO).
+            advantage_norm: ``batch`` (one std over the batch, then clip: the paper's),
+                ``none``, ``group_std`` (GRPO; the embedded env's main job, where one batch
+                scale let a nearly solved kind of task be forgotten, docs/RESULTS.md 4f) or
+                ``leave_one_out`` (RLOO).
             advantage_clip: Bound c of ``batch`` advantages; None disables the clip.
             advantage_clip_mode: ``clamp`` (each advantage to [-c, c]) or ``scale_group``
                 (a group whose largest |A| exceeds c is scaled down as a whole, so that its

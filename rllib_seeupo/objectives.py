@@ -92,7 +92,10 @@ def group_relative_advantages(
       skewed (one success in 8: +3.00 against 7 x -0.76 after the clamp); ``"scale_group"``
       multiplies a group by ``clip / max |A|`` when that is below 1, keeping the sum at 0.
     - ``none``: ``A~``.
-    - ``group_std``: ``A~ / (std_{G(i)} R + eps)`` (GRPO; for ablations).
+    - ``group_std``: ``A~ / (std_{G(i)} R + eps)`` (GRPO). Each mixed group gets unit
+      variance: a nearly solved task's group (7 of 8 right) pushes 0.66 times as hard as a
+      half-solved one's, against 0.44 under one batch scale; it gives up the drift
+      condition above.
     - ``leave_one_out``: ``R_i - mean_{j in G(i), j != i} R_j`` (RLOO).
 
     A rollout alone in its group gets advantage 0 in every mode.

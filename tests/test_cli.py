@@ -22,11 +22,12 @@ def test_every_tuned_example_loads_and_validates():
 
 # Every baseline and ablation, on the bandit and on the embedded env (DESIGN.md section 4).
 VARIANTS = (
-    "seeupo_forward", "seeupo_random", "seeupo_parallel", "seeupo_group_std", "seeupo_no_norm",
+    "seeupo_forward", "seeupo_random", "seeupo_parallel", "seeupo_no_norm",
     "seeupo_no_compound", "grpo", "gspo", "rloo", "grae_reinforce", "ppo",
 )
-# Variants that exist on the embedded env only.
-LLM_VARIANTS = ("seeupo_release",)
+# Variants of one env only: the bandit's main example keeps the batch-wide advantage scale,
+# the embedded env's main job takes the per-group std, so each has the other as an ablation.
+ENV_VARIANTS = {"bandit": ("seeupo_group_std",), "tool_tasks": ("seeupo_release", "seeupo_batch_norm")}
 # Settings a variant shares with its main example, so that the comparison is fair.
 SHARED = (
     "env_config", "module_class", "model_config", "callbacks", "seed", "lr", "grad_clip", "num_envs_per_env_runner",
@@ -36,7 +37,7 @@ SHARED = (
 @pytest.mark.parametrize("env, suffix", [("bandit", ""), ("tool_tasks", "_smollm2")])
 def test_every_variant_exists_with_the_main_examples_env_model_and_budget(env, suffix):
     main_example = load_experiment(ROOT / "tuned_examples" / f"{env}_seeupo{suffix}.yaml")
-    for variant in VARIANTS + (LLM_VARIANTS if env == "tool_tasks" else ()):
+    for variant in VARIANTS + ENV_VARIANTS[env]:
         experiment = load_experiment(ROOT / "tuned_examples" / f"{env}_{variant}{suffix}.yaml")
         assert experiment.env == main_example.env, variant
         assert experiment.stop == main_example.stop and experiment.evaluation == main_example.evaluation, variant
@@ -59,7 +60,9 @@ def test_baselines_on_the_embedded_env_keep_what_defines_them():
     assert reinforce.num_epochs_per_turn == 1 and reinforce.minibatch_size is None
     assert reinforce.clip_param == float("inf")
     assert built("seeupo_forward").update_order == "forward"
+    assert (built("seeupo").advantage_norm, built("seeupo_batch_norm").advantage_norm) == ("group_std", "batch")
     release = built("seeupo_release")
+    assert release.advantage_norm == "batch"
     assert (release.old_policy, release.compound_ratio, release.advantage_clip_mode) == ("current", "stepwise", "clamp")
     assert (release.skip_zero_advantage_updates, release.turn_optimizer_state) == (False, "shared")
 
