@@ -26,13 +26,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every schedule names its whole rule, so that a change of SeeUPOConfig's defaults does not
-# change what a schedule measures; "default" is today's defaults (the shared-weight rule).
-_CLAMP = ["advantage_clip_mode=clamp", "skip_zero_advantage_updates=false"]
+# change what a schedule measures; "default" is today's defaults (the shared-weight rule with
+# GRPO's per-group std; the other four keep the batch-wide scale they were measured with).
+_CLAMP = ["advantage_norm=batch", "advantage_clip_mode=clamp", "skip_zero_advantage_updates=false"]
 SCHEDULES = {
     # name -> overrides on top of the tuned example
     "released": ["old_policy=current", "compound_ratio=stepwise", *_CLAMP],
     "rollout_cumulative": ["old_policy=rollout", "compound_ratio=cumulative", *_CLAMP],
-    "default": ["old_policy=rollout", "compound_ratio=cumulative", "advantage_clip_mode=scale_group",
+    "default": ["advantage_norm=group_std", "old_policy=rollout", "compound_ratio=cumulative",
                 "skip_zero_advantage_updates=true"],
     "parallel": ["update_order=parallel", *_CLAMP],
     "forward": ["update_order=forward", "old_policy=current", "compound_ratio=stepwise", *_CLAMP],

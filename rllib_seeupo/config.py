@@ -43,7 +43,13 @@ class SeeUPOConfig(AlgorithmConfig):
         self.group_size = 8
         self.tasks_per_iteration = 8
         self.update_order = UpdateOrder.REVERSE.value
-        self.advantage_norm = AdvantageNorm.BATCH.value
+        # GRPO's per-group std, not the paper's one batch-wide scale: under that scale a
+        # nearly solved task's group (7 of 8 right) pushes 0.44 times as hard as a half-solved
+        # one's (0.66 with the group std), and on shared LLM weights the rare kind of task was
+        # forgotten (docs/RESULTS.md 4f: 0 collapses in 5 seeds against 1; on the one-context
+        # bandits, where a batch is one group, the two end the same on 40 of 40 seeds). It
+        # gives up the batch scale's place in the paper's improvement argument.
+        self.advantage_norm = AdvantageNorm.GROUP_STD.value
         self.advantage_clip = 3.0
         # One LLM serves every turn, so a turn's update also moves the others' responses
         # (docs/RESULTS.md section 4): a zero-sum clip, every turn anchored at the rollout
@@ -110,11 +116,12 @@ class SeeUPOConfig(AlgorithmConfig):
                 B * n episodes).
             update_order: ``reverse`` (SeeUPO: T-1 down to 0), ``forward``, ``random`` or
                 ``parallel`` (every turn in one update, as GRPO/GSPO).
-            advantage_norm: ``batch`` (one std over the batch, then clip: the paper's),
-                ``none``, ``group_std`` (GRPO; the embedded env's main job, where one batch
-                scale let a nearly solved kind of task be forgotten, docs/RESULTS.md 4f) or
-                ``leave_one_out`` (RLOO).
-            advantage_clip: Bound c of ``batch`` advantages; None disables the clip.
+            advantage_norm: ``group_std`` (the default: each group's rewards over their
+                std, as GRPO; one batch scale let a nearly solved kind of task be forgotten,
+                docs/RESULTS.md 4f), ``batch`` (one std over the batch, then clip: the
+                paper's and the release's), ``none`` or ``leave_one_out`` (RLOO).
+            advantage_clip: Bound c of ``batch`` advantages (the other norms are not
+                clipped); None disables the clip.
             advantage_clip_mode: ``clamp`` (each advantage to [-c, c]) or ``scale_group``
                 (a group whose largest |A| exceeds c is scaled down as a whole, so that its
                 advantages still sum to zero).

@@ -47,6 +47,10 @@ def test_every_variant_exists_with_the_main_examples_env_model_and_budget(env, s
         if variant != "ppo":
             for key in ("group_size", "tasks_per_iteration", "kl_coeff"):
                 assert experiment.config.get(key) == main_example.config.get(key), (variant, key)
+        if experiment.run == "SeeUPO" and variant not in ("seeupo_no_norm", "seeupo_group_std", "seeupo_batch_norm",
+                                                          "seeupo_release"):
+            # An ablation of the order or the compound factor keeps the main example's scale.
+            assert build_config(experiment).advantage_norm == build_config(main_example).advantage_norm, variant
 
 
 def test_baselines_on_the_embedded_env_keep_what_defines_them():
@@ -65,6 +69,8 @@ def test_baselines_on_the_embedded_env_keep_what_defines_them():
     assert release.advantage_norm == "batch"
     assert (release.old_policy, release.compound_ratio, release.advantage_clip_mode) == ("current", "stepwise", "clamp")
     assert (release.skip_zero_advantage_updates, release.turn_optimizer_state) == (False, "shared")
+    shared = build_config(load_experiment(ROOT / "tuned_examples" / "bandit_shared_seeupo_release.yaml"))
+    assert (shared.advantage_norm, shared.old_policy, shared.advantage_clip_mode) == ("batch", "current", "clamp")
 
 
 def test_base_file_is_applied_as_a_merge_patch(tmp_path):

@@ -53,6 +53,7 @@ def test_seeupo_defaults_are_the_shared_weight_rule_and_the_presets_keep_theirs(
         return (config.old_policy, config.compound_ratio, config.advantage_clip_mode, config.skip_zero_advantage_updates)
 
     assert rule(SeeUPOConfig()) == ("rollout", "cumulative", "scale_group", True)
+    assert SeeUPOConfig().advantage_norm == "group_std"  # section 4f
     for preset in (GRPOConfig, GSPOConfig, RLOOConfig, GRAEReinforceConfig):
         assert rule(preset()) == ("current", "none", "clamp", False), preset.__name__
 
@@ -141,7 +142,7 @@ def test_the_algorithm_computes_advantages_with_its_configured_clip_mode(ray_ses
     rollouts get clamped advantages under ``clamp`` and zero-sum ones under ``scale_group``."""
     figures = {}
     for mode in ("clamp", "scale_group"):
-        algo = bandit_config(advantage_clip=0.5, advantage_clip_mode=mode).build_algo()
+        algo = bandit_config(advantage_norm="batch", advantage_clip=0.5, advantage_clip_mode=mode).build_algo()
         try:
             rollouts, advantages = _batch(algo)
         finally:
@@ -290,7 +291,7 @@ def test_drift_diagnostic_ranks_a_restarted_trust_region_above_the_rollout_ancho
 
     example = Path(__file__).resolve().parents[1] / "tuned_examples" / "bandit_shared_seeupo.yaml"
     drift, batches = {}, []
-    clamp = ["advantage_clip_mode=clamp", "skip_zero_advantage_updates=false"]
+    clamp = ["advantage_norm=batch", "advantage_clip_mode=clamp", "skip_zero_advantage_updates=false"]
     for name, settings in (("released", ["old_policy=current", "compound_ratio=stepwise", *clamp]),
                            ("anchored", ["old_policy=rollout", "compound_ratio=cumulative", *clamp])):
         overrides = ["minibatch_size=16", "num_epochs_per_turn=2", "lr=0.03", *settings]
