@@ -46,9 +46,9 @@ class SeeUPOConfig(AlgorithmConfig):
         # GRPO's per-group std, not the paper's one batch-wide scale: under that scale a
         # nearly solved task's group (7 of 8 right) pushes 0.44 times as hard as a half-solved
         # one's (0.66 with the group std), and on shared LLM weights the rare kind of task was
-        # forgotten (docs/RESULTS.md 4f: 0 collapses in 5 seeds against 1; on the one-context
-        # bandits, where a batch is one group, the two end the same on 40 of 40 seeds). It
-        # gives up the batch scale's place in the paper's improvement argument.
+        # forgotten (docs/RESULTS.md 4f: 0 collapses in 5 seeds against 1; on 4b's one-context
+        # shared-weight bandit, where a batch is one group, the two end the same on all 40
+        # seeds). It gives up the batch scale's place in the paper's improvement argument.
         self.advantage_norm = AdvantageNorm.GROUP_STD.value
         self.advantage_clip = 3.0
         # One LLM serves every turn, so a turn's update also moves the others' responses
