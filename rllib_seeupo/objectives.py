@@ -3,8 +3,10 @@
 SeeUPO (Sequence-level Sequential Update Policy Optimization, arXiv 2602.06554) treats
 turn k of a T-turn episode as virtual agent k. Every turn of rollout i shares the
 rollout's reward R_i; advantages are group-relative over the n rollouts of one task
-(GRAE), never divided by a per-group std; the turns are updated one after another in
-reverse order (T-1 ... 0), each with a PPO-clip surrogate on the sequence-level
+(GRAE), in the paper scaled by one batch-wide std (``AdvantageNorm.BATCH``; with one LLM
+for every turn this package defaults to GRPO's per-group std, docs/RESULTS.md 4f, which
+gives up the batch scale's part in the improvement argument); the turns are updated one
+after another in reverse order (T-1 ... 0), each with a PPO-clip surrogate on the sequence-level
 (geometric-mean) ratio of GSPO, multiplied by HAPPO's compound factor M that carries
 the ratio change of the turns updated before it.
 
