@@ -28,7 +28,7 @@ from ray.rllib.utils.metrics import (
 
 from rllib_seeupo import objectives
 from rllib_seeupo.config import SeeUPOConfig
-from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, OLD_LOGP, TURN, turn_metrics_key
+from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, MINIBATCH_ROWS, OLD_LOGP, TURN, turn_metrics_key
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.objectives import CompoundRatio, UpdateOrder
 from rllib_seeupo.turn_env import SHARED_MODULE_ID, TurnAgentEnv, final_info, turn_index
@@ -147,6 +147,20 @@ def _sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[in
         sub_env.task_queue = queue
     episodes = env_runner.sample(num_episodes=len(schedule), explore=True)
     return episodes, env_runner.get_metrics()
+
+
+def _multi_agent_batch(columns: dict[str, np.ndarray]) -> MultiAgentBatch:
+    return MultiAgentBatch({SHARED_MODULE_ID: SampleBatch(columns)}, env_steps=len(columns[ADVANTAGES]))
+
+
+def _response_logp_shard(learner, columns: dict[str, np.ndarray]) -> tuple[int, np.ndarray | None]:
+    """This learner's share of a no-grad log-prob pass: ``(rank, (B_rank, L) log-probs)``
+    of its rows (the rows split as ``np.array_split`` over the ranks; None if it has none)."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rows = np.array_split(np.arange(len(columns[RESPONSE_MASK])), world)[rank]
+    if not len(rows):
+        return rank, None
+    return rank, learner.compute_response_logp(SHARED_MODULE_ID, {k: v[rows] for k, v in columns.items()})
 
 
 def _to_rollout(episode) -> Rollout | None:
@@ -354,7 +368,7 @@ class SeeUPO(Algorithm):
         ))
         for part in _minibatches(len(rows), config.minibatch_size, config.num_epochs_per_turn, config.shuffle_batch_per_epoch, rng):
             results = self.learner_group.update(
-                batch=MultiAgentBatch({SHARED_MODULE_ID: SampleBatch({k: v[part] for k, v in columns.items()})}, env_steps=len(part)),
+                **self._learner_batches({k: v[part] for k, v in columns.items()}),
                 timesteps={
                     NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
                 },
@@ -470,11 +484,37 @@ class SeeUPO(Algorithm):
         )
         return kept, advantages.numpy()
 
+    def _learner_batches(self, minibatch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """``learner_group.update``'s data argument for one minibatch (one optimizer step).
+
+        Every row carries the minibatch's number of rows with a response (the learners
+        weigh their losses by it). With several learners the rows are split into shards
+        whose sizes differ by at most one, and a learner whose shard would be empty gets
+        one row without a response, which adds nothing to the gradient: each learner runs
+        its forward and backward, so their gradient all-reduce never waits on one."""
+        minibatch[MINIBATCH_ROWS] = np.full(len(minibatch[ADVANTAGES]), int(minibatch[RESPONSE_MASK].any(-1).sum()))
+        if self.learner_group.is_local:
+            return {"batch": _multi_agent_batch(minibatch)}
+        shards = []
+        for rows in np.array_split(np.arange(len(minibatch[ADVANTAGES])), len(self.learner_group)):
+            if len(rows):
+                shards.append({k: v[rows] for k, v in minibatch.items()})
+            else:
+                empty = {k: v[:1].copy() for k, v in minibatch.items()}
+                empty[RESPONSE_MASK][:] = False
+                shards.append(empty)
+        return {"batches": [_multi_agent_batch(shard) for shard in shards]}
+
     def _learner_call(self, func):
         """``func(learner)`` on one learner (all hold the same weights)."""
         ids = None if self.learner_group.is_local else self.learner_group._worker_manager.healthy_actor_ids()[:1]
         return next(iter(self.learner_group.foreach_learner(func, remote_actor_ids=ids))).get()
 
     def response_logp(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        """``(B, L)`` log-probs of the rows' responses under the learner's current weights."""
-        return self._learner_call(lambda learner: learner.compute_response_logp(SHARED_MODULE_ID, columns))
+        """``(B, L)`` log-probs of the rows' responses under the learner's current weights,
+        the rows spread over the learners."""
+        if self.learner_group.is_local or len(self.learner_group) == 1:
+            return self._learner_call(lambda learner: learner.compute_response_logp(SHARED_MODULE_ID, columns))
+        results = self.learner_group.foreach_learner(functools.partial(_response_logp_shard, columns=columns))
+        shards = sorted(r.get() for r in results)
+        return np.concatenate([logp for _, logp in shards if logp is not None])

@@ -66,6 +66,7 @@ class SeeUPOConfig(AlgorithmConfig):
         self.entropy_coeff = 0.0
         self.num_epochs_per_turn = 1
         self.minibatch_size = None
+        self.micro_batch_tokens = None
         self.old_policy = "rollout"
         self.max_turns = None
         self.skip_zero_advantage_updates = True
@@ -105,6 +106,7 @@ class SeeUPOConfig(AlgorithmConfig):
         skip_zero_advantage_updates: bool = NotProvided,
         turn_optimizer_state: str = NotProvided,
         turn_target_kl: float | None = NotProvided,
+        micro_batch_tokens: int | None = NotProvided,
         **kwargs,
     ) -> "SeeUPOConfig":
         """Sets SeeUPO's training settings (and any of ``AlgorithmConfig.training``'s).
@@ -151,6 +153,13 @@ class SeeUPOConfig(AlgorithmConfig):
             turn_target_kl: Stop a turn's update (no further minibatch steps) once the k3 KL
                 of the current policy from pi_old, measured on a minibatch before its step,
                 exceeds this. None: never.
+            micro_batch_tokens: The most prompt + response tokens one forward/backward
+                pass of the learner holds: each minibatch (one optimizer step) is run in
+                micro-batches of consecutive rows within this budget, whose gradients
+                accumulate, each loss weighted by its share of the minibatch's rows, so the
+                step is the one-pass step and ``minibatch_size`` keeps its meaning (a longer
+                row forms a micro-batch of its own). The no-grad log-prob passes use the
+                same budget. None: the whole minibatch in one pass.
         """
         super().training(**kwargs)
         for name, value in dict(
@@ -172,6 +181,7 @@ class SeeUPOConfig(AlgorithmConfig):
             skip_zero_advantage_updates=skip_zero_advantage_updates,
             turn_optimizer_state=turn_optimizer_state,
             turn_target_kl=turn_target_kl,
+            micro_batch_tokens=micro_batch_tokens,
         ).items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -229,6 +239,10 @@ class SeeUPOConfig(AlgorithmConfig):
             fail("max_turns", "must be an integer >= 1 or None")
         if self.minibatch_size is not None and (not isinstance(self.minibatch_size, int) or self.minibatch_size < 1):
             fail("minibatch_size", "must be an integer >= 1 or None")
+        if self.micro_batch_tokens is not None and (
+            not isinstance(self.micro_batch_tokens, int) or isinstance(self.micro_batch_tokens, bool) or self.micro_batch_tokens < 1
+        ):
+            fail("micro_batch_tokens", "must be an integer >= 1 or None")
         if self.num_epochs != 1:
             # RLlib's PPO field; SeeUPO's passes are per turn update, and silently ignoring
             # it would leave a user's PPO-style config training one pass per turn.

