@@ -75,3 +75,53 @@ def test_micro_batch_gradients_equal_the_one_pass_gradient(tiny_model, lora):
     columns = {k: v.numpy() for k, v in batch.items()}
     assert np.allclose(micro.compute_response_logp(SHARED_MODULE_ID, columns),
                        one_pass.compute_response_logp(SHARED_MODULE_ID, columns), atol=1e-6)
+
+
+def _learner_states(algo) -> list[dict[str, torch.Tensor]]:
+    """Every learner's module state (one entry for a local learner)."""
+    def state(learner):
+        return {k: v.detach().cpu().clone() for k, v in learner.module[SHARED_MODULE_ID].unwrapped().state_dict().items()}
+
+    if algo.learner_group.is_local:
+        return [state(algo.learner_group._learner)]
+    return [r.get() for r in algo.learner_group.foreach_learner(state)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("turn_target_kl", [None, 1e-4], ids=["all_steps", "kl_stop"])
+def test_several_learners_take_the_step_of_one(ray_session, tiny_model, turn_target_kl):
+    """One update of the same rollouts (a turn with a single row included, minibatches that
+    leave a learner without rows) on 0, 2 and 3 learners: every learner ends with the
+    weights of the local learner."""
+    from test_llm import _llm_config
+
+    config = _llm_config(tiny_model, lora=None).training(
+        lr=1e-3, group_size=2, tasks_per_iteration=2, minibatch_size=3, turn_target_kl=turn_target_kl
+    )
+    local = config.build_algo()
+    try:
+        rollouts, advantages = local.sample_rollouts(np.random.default_rng(0))
+        turns = sorted({k for r in rollouts for k in r.turns})
+        assert len(rollouts) == 4 and len(turns) >= 2
+        for r in rollouts[1:]:  # the last turn keeps a single row
+            r.turns.pop(turns[-1], None)
+        initial = _learner_states(local)[0]
+        local.update_policy(rollouts, advantages, np.random.default_rng(1))
+        expected = _learner_states(local)[0]
+        assert any(not torch.equal(initial[k], expected[k]) for k in expected)
+        stopped = local.metrics.peek(("learners", SHARED_MODULE_ID), default={})
+    finally:
+        local.stop()
+    if turn_target_kl is not None:  # the early stop did act
+        assert any(v["stopped"] for k, v in stopped.items() if k.startswith("turn_")), stopped
+    for num_learners in (2, 3):
+        algo = config.copy(copy_frozen=False).learners(num_learners=num_learners).build_algo()
+        try:
+            algo.update_policy(rollouts, advantages, np.random.default_rng(1))
+            states = _learner_states(algo)
+        finally:
+            algo.stop()
+        assert len(states) == num_learners
+        for state in states:
+            for name, value in expected.items():
+                assert torch.allclose(state[name], value, rtol=0, atol=1e-5), (num_learners, name, (state[name] - value).abs().max())
