@@ -501,7 +501,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         step = self.settings["logprob_chunk_tokens"]
         for start in range(0, len(keep_row), step):
             chunk = (hidden[start : start + step], token_targets[start : start + step])
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() and len(keep_row) > step:
                 # The chunk's logits are recomputed in the backward pass instead of kept.
                 out = torch.utils.checkpoint.checkpoint(
                     self._chunk_logp, projection, *chunk, with_entropy, entropy_grad, use_reentrant=False
