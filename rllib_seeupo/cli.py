@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rllib_seeupo.experiment import (
     ConfigError,
     Experiment,
@@ -272,8 +274,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_output_dir(out_dir)
     # Validate before any Ray start-up or output: a wrong config fails in seconds, naming
     # the field (the config's settings, then the env built once and the model's name).
-    build_config(experiment).validate()
+    config = build_config(experiment)
+    config.validate()
     validate_experiment(experiment, args.file)
+    if args.dry_run:
+        print_dry_run(experiment, config)
+        return 0
     use_tune = not args.no_tune or experiment.has_search_space()
     if use_tune and experiment.evaluation and evaluation_settings(experiment)["interval"] is None:
         raise ConfigError(
@@ -310,6 +316,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print_summary(summary, out_dir, plot)
     return 0
+
+
+def print_dry_run(experiment: Experiment, config) -> None:
+    """The resolved settings, the Ray resources of every actor and the learner's memory
+    estimate (``rllib_seeupo.placement``); nothing is built and Ray is not started."""
+    from rllib_seeupo.placement import report
+
+    print(f"{experiment.run} on {experiment.env}: {experiment.name} (dry run: nothing is built)")
+    print("stop: " + ", ".join(f"{k}={v}" for k, v in experiment.stop.items()))
+    print("config:")
+    print(yaml.safe_dump(experiment.config, sort_keys=True, default_flow_style=False).rstrip().replace("\n", "\n  ").join(["  ", ""]))
+    print(report(config))
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path, plot: Path) -> None:
@@ -446,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--stop-iters", type=_positive_int, help="stop after this many iterations")
     train.add_argument("--output-dir", help="where summary.json, the plot and checkpoints go")
     train.add_argument("--no-tune", action="store_true", help="train in this process instead of as a Tune trial")
+    train.add_argument("--dry-run", action="store_true",
+                       help="validate, then print the resolved config, the Ray resources and the learner's memory estimate; build nothing")
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a model or checkpoint on an env's held-out tasks")

@@ -374,9 +374,12 @@ def test_qwen3_tuned_example_loads_and_validates_with_the_release_settings():
     assert experiment.env == "seeupo/bfcl" and experiment.run == "SeeUPO"
     config = build_config(experiment)
     config.validate()
-    assert config.lr == 1e-6 and config.tasks_per_iteration == 32 and config.group_size == 8
+    assert config.tasks_per_iteration == 32 and config.group_size == 8
     assert config.kl_coeff == 0.002 and config.clip_param == 0.2 and config.compound_clip == 0.2
-    assert config.num_epochs_per_turn == 1 and config.num_gpus_per_learner == 1
+    assert config.num_epochs_per_turn == 1
+    # LoRA on one GPU, with a LoRA-sized lr (the release's 1e-6 is full fine-tuning's).
+    assert config.model_config["lora"]["rank"] == 64 and config.lr == 1e-5
+    assert config.num_gpus_per_learner + config.num_env_runners * config.num_gpus_per_env_runner == 1
     assert (config.old_policy, config.compound_ratio, config.advantage_clip_mode) == ("current", "stepwise", "clamp")
     assert config.skip_zero_advantage_updates is False
     assert config.env_config["max_turns"] == 10 and config.env_config["categories"] == ["multi_turn_base"]

@@ -1,6 +1,7 @@
 """The YAML loader and the CLI: the summary contract, the plot, Tune grids, clear errors."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,46 @@ def test_every_tuned_example_loads_and_validates():
     for path in files:
         experiment = load_experiment(path)
         build_config(experiment).validate()
+
+
+def _needs(path: Path) -> tuple[int, float] | None:
+    """``(GPUs, GiB each)`` of a tuned example's ``# Needs: N x G GB GPU(s)`` header line."""
+    match = re.search(r"^# Needs: (\d+) x (\d+) GB GPU", path.read_text(), re.M)
+    return (int(match[1]), int(match[2]) * 1e9 / 2**30) if match else None
+
+
+def test_dry_run_prints_resources_and_memory_for_every_tuned_example(tmp_path, monkeypatch, capsys):
+    from rllib_seeupo.placement import GB, env_runner_memory, learner_memory, resources
+
+    datasets = tmp_path / "appworld" / "data" / "datasets"  # AppWorld's split files (no data needed)
+    datasets.mkdir(parents=True)
+    for split in ("train", "dev", "test_normal", "test_challenge"):
+        (datasets / f"{split}.txt").write_text("50e1ac9_1\n")
+    monkeypatch.setenv("APPWORLD_ROOT", str(tmp_path / "appworld"))
+    gpu_examples = 0
+    for path in sorted((ROOT / "tuned_examples").glob("*.yaml")):
+        assert main(["train", str(path), "--dry-run", "--output-dir", str(tmp_path / "unused")]) == 0, path
+        out = capsys.readouterr().out
+        assert "dry run" in out and "Ray resources:" in out and "total:" in out, path
+        config = build_config(load_experiment(path))
+        if "LLMRLModule" in path.read_text():
+            assert "Learner memory, estimated" in out and "Env runner memory, estimated" in out, path
+        needs = _needs(path)
+        if "qwen3" in path.name:
+            assert needs, f"{path.name}: its header names no hardware ('# Needs: N x G GB GPU')"
+        if needs is None:
+            continue
+        gpu_examples += 1
+        count, gib = needs
+        rows = resources(config)
+        assert sum(r["count"] * r["gpus"] for r in rows) <= count, path
+        learner, runner = learner_memory(config)["total"] / GB, env_runner_memory(config)["total"] / GB
+        assert learner <= gib and runner <= gib, (path, learner, runner)
+        learners = max(1, config.num_learners)
+        runners = config.num_env_runners if config.num_gpus_per_env_runner else 0
+        assert learners * learner + runners * runner <= count * gib, path
+    assert not (tmp_path / "unused").exists()  # a dry run writes nothing
+    assert gpu_examples == 3
 
 
 # Every baseline and ablation, on the bandit and on the embedded env (DESIGN.md section 4).
