@@ -34,7 +34,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from envs.text import AnyText
     from rllib_seeupo.llm.kv_cache import reserved_cache
-    from rllib_seeupo.llm.module import LLMRLModule, _left_pad
+    from rllib_seeupo.llm.core import _left_pad
+    from rllib_seeupo.llm.module import LLMRLModule
 
     module = LLMRLModule(observation_space=AnyText(10**6), action_space=AnyText(4000), model_config={"model": args.model})
     model, device = module.model, torch.device("cpu")

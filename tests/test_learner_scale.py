@@ -17,11 +17,12 @@ from test_llm import GENERATION, _observations
 SPACES = (AnyText(10**6), AnyText(4000))
 
 
-def _learner(path, lora=None, **training):
+def _learner(path, lora=None, model_config=None, **training):
     config = (
         SeeUPOConfig()
         .environment(observation_space=SPACES[0], action_space=SPACES[1])
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=LLMRLModule), model_config={"model": path, **GENERATION, "lora": lora})
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=LLMRLModule),
+                   model_config={"model": path, **GENERATION, "lora": lora, **(model_config or {})})
         .training(kl_coeff=0.01, entropy_coeff=0.01, **training)
     )
     return config.build_learner(env=None, spaces={SHARED_MODULE_ID: SPACES})
@@ -77,6 +78,23 @@ def test_micro_batch_gradients_equal_the_one_pass_gradient(tiny_model, lora):
                        one_pass.compute_response_logp(SHARED_MODULE_ID, columns), atol=1e-6)
 
 
+@pytest.mark.parametrize("lora", [None, {"rank": 4, "init": False}], ids=["full", "lora"])
+def test_gradient_checkpointing_gives_the_gradient_without_it(tiny_model, lora):
+    torch.manual_seed(0)
+    plain = _learner(tiny_model, lora=lora)
+    torch.manual_seed(0)
+    checkpointed = _learner(tiny_model, lora=lora, model_config={"gradient_checkpointing": True})
+    batch = _turn_batch(plain.module[SHARED_MODULE_ID], 5)
+    expected = _gradient(plain, batch)
+    got = _gradient(checkpointed, batch)
+    # The training forward ran with checkpointing active (train mode), the other without.
+    base = checkpointed.module[SHARED_MODULE_ID].model.get_base_model() if lora else checkpointed.module[SHARED_MODULE_ID].model
+    assert base.training and base.is_gradient_checkpointing
+    assert not plain.module[SHARED_MODULE_ID].model.is_gradient_checkpointing
+    assert expected.norm() > 0
+    assert ((got - expected).norm() / expected.norm()) < 1e-5
+
+
 def _learner_states(algo) -> list[dict[str, torch.Tensor]]:
     """Every learner's module state (one entry for a local learner)."""
     def state(learner):
@@ -125,3 +143,33 @@ def test_several_learners_take_the_step_of_one(ray_session, tiny_model, turn_tar
         for state in states:
             for name, value in expected.items():
                 assert torch.allclose(state[name], value, rtol=0, atol=1e-5), (num_learners, name, (state[name] - value).abs().max())
+
+
+def test_gpu_benchmark_runs_scaled_down_without_ray(tmp_path):
+    """benchmarks/gpu_scale.py in its CPU form, in a process where Ray cannot be imported:
+    the decode loop, the packed training forward and the loss need only torch, transformers
+    and peft."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    block_ray = (
+        "import sys, importlib.util, runpy\n"
+        "sys.modules['ray'] = None\n"
+        "find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == 'ray' else find(name, *a)\n"
+        f"sys.argv = ['gpu_scale.py', '--tiny', '--out', {str(tmp_path / 'gpu_scale.json')!r}]\n"
+        "runpy.run_path('benchmarks/gpu_scale.py', run_name='__main__')\n"
+        "assert not any(m.startswith('ray') and sys.modules[m] is not None for m in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", block_ray], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_scale.json").read_text())
+    assert report["decode"]["new_tokens"] > 0 and report["decode"]["tokens_per_s"] > 0
+    updates = report["turn_update"]
+    assert [(u["context_tokens"], u["checkpointing"]) for u in updates] == [
+        (c, on) for c in (64, 128, 256) for on in (False, True)
+    ]
+    assert all(u["tokens_per_s"] > 0 for u in updates)

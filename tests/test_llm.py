@@ -9,7 +9,8 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from envs.text import AnyText
 from envs.tool_tasks import env as tool_env
 from rllib_seeupo import SHARED_MODULE_ID, SeeUPO, SeeUPOConfig
-from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule, _output_projection_input
+from rllib_seeupo.llm.core import _output_projection_input
+from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule
 from rllib_seeupo.batching import consecutive_slices
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.turn_env import make_turn_env
@@ -189,7 +190,7 @@ def test_packed_training_forward_equals_each_row_run_alone(tiny_model, packing):
     params = [p for p in module.model.parameters() if p.requires_grad]
 
     module.model.zero_grad()
-    logp, _, hidden = module._token_logp(module.model, batch, with_entropy=False)
+    logp, _, hidden = module.token_logp(module.model, batch, with_entropy=False)
     torch.where(batch[RESPONSE_MASK], logp, 0).sum().backward()
     packed_grad = torch.cat([p.grad.flatten() for p in params])
 

@@ -1,4 +1,5 @@
-"""``LLMRLModule``: one causal LM serving every ``turn_k`` agent, token-in/token-out.
+"""``LLMRLModule``: one causal LM serving every ``turn_k`` agent, token-in/token-out (its
+compute, Ray-free, in ``rllib_seeupo.llm.core``).
 
 Exploration generates a batch of responses (one per live episode) and records, per turn,
 the prompt ids exactly as fed, the sampled response ids and their per-token log-probs;
@@ -48,7 +49,6 @@ log-prob, so PPO's ratio is ``pi(y | c) / pi_old(y | c)`` over the turn's whole 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 from typing import Any
@@ -61,8 +61,8 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.numpy import convert_to_numpy
 
 from envs.text import decode_messages
-from rllib_seeupo.batching import consecutive_slices
-from rllib_seeupo.llm.kv_cache import copy_packed_rows, reserved_cache
+from rllib_seeupo.columns import PROMPT_IDS, PROMPT_MASK, RESPONSE_IDS
+from rllib_seeupo.llm.core import COMPUTE_DEFAULTS, TokenPolicy
 from rllib_seeupo.llm.models import resolve_model
 from rllib_seeupo.turn_env import PROMPT_TOO_LONG
 from rllib_seeupo.modules.api import (
@@ -74,33 +74,21 @@ from rllib_seeupo.modules.api import (
 )
 from rllib_seeupo.modules.distributions import ResponseDistribution
 
-PROMPT_IDS = "prompt_ids"  # (B, P) left-padded
-PROMPT_MASK = "prompt_mask"  # (B, P)
-RESPONSE_IDS = "response_ids"  # (B, L) right-padded
-
 ENGINES = ("transformers", "vllm")
 DTYPES = ("float32", "bfloat16")
-MIN_SHARED_HEAD = 16  # tokens; a shorter common head is not worth a separate pass
 DEFAULTS = {
+    **COMPUTE_DEFAULTS,
     "model": "smollm2-135m-instruct",
     "dtype": "float32",
     "lora": None,
-    "max_prompt_tokens": 2048,
-    "max_new_tokens": 64,
-    "temperature": 1.0,
-    "top_p": 1.0,
     "response_prefix": "",
-    "stop_strings": [],
-    "logprob_chunk_tokens": 512,
     "gradient_checkpointing": False,
-    "share_prompt_prefix": True,
-    "pack_tokens": 512,
     "engine": "transformers",
     "vf_share_layers": False,
 }
 
 
-class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyAPI):
+class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyAPI):
     """A transformers causal LM as a turn policy (see the module docstring)."""
 
     def setup(self):
@@ -170,9 +158,6 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
 
     # -- rollouts -----------------------------------------------------------------------
 
-    # Draws the sampled tokens (and vLLM's request seeds); None: torch's global generator.
-    sampling_generator: torch.Generator | None = None
-
     def seed_sampling(self, seed: int) -> None:
         """Sample from a generator seeded with ``seed`` from now on (SeeUPO seeds it per
         iteration and env runner, so that a resumed run samples as the uninterrupted one)."""
@@ -222,7 +207,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             return self.vllm_engine().generate(prompts, sample=sample)
         if not prompts:
             return []
-        responses, logps = self._decode(prompts, sample=sample)
+        responses, logps = self.decode(prompts, sample=sample)
         return [
             {
                 "response_ids": np.asarray(ids, dtype=np.int64),
@@ -231,145 +216,6 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             }
             for ids, lp in zip(responses, logps)
         ]
-
-    def _decode(self, prompts: list[list[int]], *, sample: bool) -> tuple[list[list[int]], list[list[float]]]:
-        """Batched decoding that drops a row from the batch as soon as its response ends.
-
-        transformers' ``generate`` keeps every row until the longest response ends; on a
-        batch of tool calls most rows stop after a few tokens, so most of its decode steps
-        went into padding. Sampling follows ``generate`` (logits / T, then top-p, then a
-        multinomial draw; greedy: argmax of the logits), and each response ends with its
-        first eos or with the token that completes a stop string.
-
-        Returns per prompt the response ids and their log-probs under ``softmax(logits / T)``.
-        """
-        from transformers import TopPLogitsWarper
-
-        s = self.settings
-        temperature = s["temperature"]
-        top_p = TopPLogitsWarper(s["top_p"]) if sample and s["top_p"] < 1.0 else None
-        eos, stops = self.tokenizer.eos_token_id, s["stop_strings"]
-        device = next(self.model.parameters()).device
-        # Layout per row: [shared head | left padding | rest of the prompt]; positions count
-        # real tokens only, so every row sees exactly its own prompt.
-        shared, rest = self._split_shared_head(prompts)
-        lengths = [len(r) for r in rest]
-        logits, cache = self._encode_prompts(prompts[0][:shared], rest, shared + max(lengths) + s["max_new_tokens"], device)
-        _, rest_mask = _left_pad(rest, self.tokenizer.pad_token_id)
-        attention = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long), rest_mask.long()], dim=1).to(device)
-        next_position = torch.tensor(lengths, device=device) + shared
-        rows = torch.arange(len(prompts), device=device)  # the prompt index of each live row
-        responses = [[] for _ in prompts]
-        logps = [[] for _ in prompts]
-        for step in range(s["max_new_tokens"]):
-            scaled = logits.float() / temperature
-            if sample:
-                warped = top_p(None, scaled) if top_p is not None else scaled
-                tokens = torch.multinomial(warped.softmax(-1), 1, generator=self.sampling_generator).squeeze(-1)
-            else:
-                tokens = logits.argmax(-1)
-            token_logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-            live = []
-            for j, (i, token, lp) in enumerate(zip(rows.tolist(), tokens.tolist(), token_logp.tolist())):
-                responses[i].append(token)
-                logps[i].append(lp)
-                ended = token == eos or (stops and any(stop in self.tokenizer.decode(responses[i]) for stop in stops))
-                if not ended:
-                    live.append(j)
-            if not live or step == s["max_new_tokens"] - 1:
-                break
-            if len(live) < len(rows):
-                keep = torch.tensor(live, device=device)
-                cache.batch_select_indices(keep)
-                rows, tokens, attention, next_position = rows[keep], tokens[keep], attention[keep], next_position[keep]
-            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
-            logits = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=attention,
-                position_ids=next_position[:, None],
-                past_key_values=cache,
-                use_cache=True,
-            ).logits[:, -1]
-            next_position = next_position + 1
-        return responses, logps
-
-    def _encode_prompts(self, head: list[int], rest: list[list[int]], capacity: int, device):
-        """Encode ``head + rest[i]`` for every row without padding: the head once, then the
-        rows' remainders in packed sequences (``_packed_forward``; left-padded, a quarter of
-        the prefill positions of the rollout benchmark's batches were padding).
-
-        Returns ``(B, V)`` next-token logits and the rows' cache, laid out ``[head | left
-        padding | rest of the prompt]`` and reserved to ``capacity`` positions per row."""
-        lengths = [len(r) for r in rest]
-        packs = consecutive_slices(lengths, self.settings["pack_tokens"])
-        packed = reserved_cache(self.model.config, 1, len(head) + max(sum(lengths[p]) for p in packs))
-        if head:
-            self.model(input_ids=torch.tensor([head], device=device), past_key_values=packed, logits_to_keep=1)
-        rows = reserved_cache(self.model.config, len(rest), capacity)
-        logits = []
-        for pack in packs:
-            pack_logits, _ = self._packed_forward(self.model, rest[pack], [1] * len(lengths[pack]), len(head), packed)
-            copy_packed_rows(packed, len(head), lengths[pack], max(lengths), rows, pack.start)
-            packed.crop(len(head) - packed.get_seq_length())  # the next pack follows the head
-            logits.append(pack_logits)
-        return torch.cat(logits), rows
-
-    def _packed_forward(self, model, sequences: list[list[int]], keep: list[int], shared: int, cache, *, logits: bool = True):
-        """One forward over ``sequences`` packed into a single row after the ``shared`` head
-        positions already in ``cache`` (batch 1; None when ``shared`` is 0): each sequence
-        attends to the head and, causally, to itself only; positions count from the head.
-
-        Returns, for the last ``keep[i]`` positions of every sequence i in order, ``(K, V)``
-        logits (None with ``logits=False``: the output projection is not run) and ``(K, H)``
-        final hidden states, ``K = sum(keep)``.
-
-        The mask spans the whole pack, so attention work grows with the square of its length;
-        ``pack_tokens`` bounds it (``consecutive_slices``).
-        """
-        device = next(model.parameters()).device
-        lengths = torch.tensor([len(q) for q in sequences], device=device)
-        kept = torch.tensor(keep, device=device)
-        total = int(lengths.sum())
-        row = torch.repeat_interleave(torch.arange(len(sequences), device=device), lengths)
-        starts = torch.cumsum(lengths, 0) - lengths
-        offset = torch.arange(total, device=device) - starts[row]  # position within its sequence
-        mask = None  # one sequence: the model's causal mask after the cached head
-        if len(sequences) > 1:
-            own = (row[:, None] == row[None, :]) & (offset[None, :] <= offset[:, None])
-            mask = torch.cat([own.new_ones((total, shared)), own], dim=1)[None, None]
-        keep_row = torch.repeat_interleave(torch.arange(len(sequences), device=device), kept)
-        keep_column = torch.arange(int(kept.sum()), device=device) - (torch.cumsum(kept, 0) - kept)[keep_row]
-        positions = (starts + lengths - kept)[keep_row] + keep_column
-        inputs = {
-            "input_ids": torch.tensor([[t for q in sequences for t in q]], device=device),
-            "attention_mask": mask,
-            "position_ids": (offset + shared)[None],
-            "past_key_values": cache,
-        }
-        if not logits:
-            return None, model.get_decoder()(**inputs).last_hidden_state[0, positions]
-        with _output_projection_input(model) as captured:
-            out = model(**inputs, logits_to_keep=positions)
-        return out.logits[0], captured[-1][0]
-
-    def _split_shared_head(self, prompts: list[list[int]], model=None) -> tuple[int, list[list[int]]]:
-        """The length of the head all prompts share, worth encoding once (0: none), and
-        each prompt's remainder. A batch's prompts usually share the system prompt.
-        ``model`` under gradient checkpointing in training mode drops any KV cache, so
-        nothing is shared then."""
-        shared = 0
-        checkpointing = model is not None and model.training and getattr(model, "is_gradient_checkpointing", False)
-        if self.settings["share_prompt_prefix"] and len(prompts) > 1 and not checkpointing:
-            shared = _common_prefix_length(prompts)
-            if shared < MIN_SHARED_HEAD:
-                shared = 0
-        return shared, [p[shared:] for p in prompts]
-
-    @staticmethod
-    def _head_cache(model, head: list[int], device):
-        """The KV cache of ``head`` (batch 1), with gradient when enabled: the packed rows of
-        a training forward all attend to it."""
-        return model(input_ids=torch.tensor([head], device=device), use_cache=True, logits_to_keep=1).past_key_values
 
     def _response_length(self, ids: list[int]) -> int:
         """Tokens up to and including the first eos or the token completing a stop string
@@ -443,111 +289,21 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             BEHAVIOUR_LOGP: behaviour,
         }
 
-    def _response_hidden(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(K, H)`` final hidden states of the K positions that predict a response token
-        (row by row, in order), ``(K,)`` the row of each, and ``(B, H)`` the final hidden
-        state of each prompt's last token.
-
-        No padding is computed (a fifth of the positions of the main job's turn minibatches,
-        ``benchmarks/train_forward.py``): the head that every prompt shares runs once, with
-        gradient, and each row ``[rest of its prompt | its response but the last token]``
-        goes into packed sequences after it (``_packed_forward``). Row i keeps
-        ``max(1, response length)`` positions: its prompt's last token and every response
-        token but the last (a row with no response keeps its prompt's last).
-        """
-        prompt, prompt_mask = batch[PROMPT_IDS].long(), batch[PROMPT_MASK].bool()
-        response, response_mask = batch[RESPONSE_IDS].long(), batch[RESPONSE_MASK].bool()
-        B = response.shape[0]
-        prompts = [prompt[i][prompt_mask[i]].tolist() for i in range(B)]
-        shared, rest = self._split_shared_head(prompts, model)
-        kept = response_mask.sum(-1).clamp(min=1).tolist()
-        sequences = [r + response[i, : kept[i] - 1].tolist() for i, r in enumerate(rest)]
-        cache = self._head_cache(model, prompts[0][:shared], prompt.device) if shared else None
-        hidden = []
-        for pack in consecutive_slices([len(q) for q in sequences], self.settings["pack_tokens"]):
-            hidden.append(self._packed_forward(model, sequences[pack], kept[pack], shared, cache, logits=False)[1])
-            if cache is not None:
-                cache.crop(shared - cache.get_seq_length())  # the next pack follows the head
-        hidden = torch.cat(hidden)
-        kept = torch.tensor(kept, device=prompt.device)
-        keep_row = torch.repeat_interleave(torch.arange(B, device=prompt.device), kept)
-        first_kept = torch.cumsum(kept, 0) - kept
-        return hidden, keep_row, hidden[first_kept]
-
-    def _autocast(self):
-        """The learner's half-precision compute over fp32 master weights (full fine-tuning
-        with ``dtype: bfloat16``); elsewhere the model computes in its own dtype."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        device = next(self.model.parameters()).device
-        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
-
-    # Set by the learner when the loss has an entropy term; otherwise entropy is a statistic.
-    entropy_grad = False
-
-    def _token_logp(self, model, batch: dict[str, torch.Tensor], with_entropy: bool):
-        """``(B, L)`` log-probs of the response tokens (zeros at padding), ``(B, L)``
-        entropies (or None) and ``(B, H)`` the prompts' last hidden states."""
-        with self._autocast():
-            hidden, keep_row, prompt_hidden = self._response_hidden(model, batch)
-        targets = batch[RESPONSE_IDS].long()
-        B, L = targets.shape
-        first_kept = torch.searchsorted(keep_row, torch.arange(B, device=keep_row.device))
-        keep_column = torch.arange(len(keep_row), device=keep_row.device) - first_kept[keep_row]
-        token_targets = targets[keep_row, keep_column]
-        projection = model.get_output_embeddings()
-        entropy_grad = self.entropy_grad and torch.is_grad_enabled()
-        logps, entropies = [], []
-        step = self.settings["logprob_chunk_tokens"]
-        for start in range(0, len(keep_row), step):
-            chunk = (hidden[start : start + step], token_targets[start : start + step])
-            if torch.is_grad_enabled() and len(keep_row) > step:
-                # The chunk's logits are recomputed in the backward pass instead of kept.
-                out = torch.utils.checkpoint.checkpoint(
-                    self._chunk_logp, projection, *chunk, with_entropy, entropy_grad, use_reentrant=False
-                )
-            else:
-                out = self._chunk_logp(projection, *chunk, with_entropy, entropy_grad)
-            logps.append(out[0])
-            entropies.append(out[1])
-        index = (keep_row, keep_column)
-        logp = torch.cat(logps)
-        full_logp = logp.new_zeros((B, L)).index_put(index, logp)
-        full_entropy = None
-        if with_entropy:
-            entropy = torch.cat(entropies)
-            full_entropy = entropy.new_zeros((B, L)).index_put(index, entropy)
-        return full_logp, full_entropy, prompt_hidden
-
-    def _chunk_logp(self, projection, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool, entropy_grad: bool):
-        """``(C,)`` log-probs of ``targets`` under ``softmax(projection(hidden) / T)`` and
-        ``(C,)`` entropies (an empty tensor without ``with_entropy``), from ``(C, H)``
-        hidden states."""
-        with self._autocast():
-            logits = projection(hidden)
-        scaled = torch.log_softmax(logits.float() / self.settings["temperature"], dim=-1)
-        logp = scaled.gather(-1, targets[:, None]).squeeze(-1)
-        entropy = logp.new_zeros(0)
-        if with_entropy:
-            with torch.set_grad_enabled(entropy_grad):
-                entropy = -(scaled.exp() * scaled).sum(-1)
-        return logp, entropy
-
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         if Columns.LOSS_MASK in batch:  # a batch from RLlib's learner connector (PPO)
             return self._forward_train_ppo(batch)
-        logp, entropy, _ = self._token_logp(self.model, batch, with_entropy=True)
+        logp, entropy, _ = self.token_logp(self.model, batch, with_entropy=True)
         return {RESPONSE_LOGP: logp, RESPONSE_ENTROPY: entropy}
 
     def response_logp(self, batch: dict[str, torch.Tensor], *, reference: bool = False) -> torch.Tensor:
         if not reference:
-            return self._token_logp(self.model, batch, with_entropy=False)[0]
+            return self.token_logp(self.model, batch, with_entropy=False)[0]
         if self.settings["lora"]:
             with self.model.disable_adapter():
-                return self._token_logp(self.model, batch, with_entropy=False)[0]
+                return self.token_logp(self.model, batch, with_entropy=False)[0]
         device = next(self.model.parameters()).device
         self._reference.to(device)
-        return self._token_logp(self._reference, batch, with_entropy=False)[0]
+        return self.token_logp(self._reference, batch, with_entropy=False)[0]
 
     # -- RLlib's PPO: value head, response distribution ----------------------------------
 
@@ -603,7 +359,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         # is on: keep the entropy differentiable so that `entropy_coeff` always acts.
         entropy_grad, self.entropy_grad = self.entropy_grad, True
         try:
-            logp, entropy, hidden = self._token_logp(self.model, selected, with_entropy=True)
+            logp, entropy, hidden = self.token_logp(self.model, selected, with_entropy=True)
         finally:
             self.entropy_grad = entropy_grad
         mask = selected[RESPONSE_MASK].to(logp.dtype)
@@ -630,7 +386,7 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
             columns = self.collate_turn_rows([{PROMPT_IDS: p, RESPONSE_IDS: empty, BEHAVIOUR_LOGP: empty} for p in prompts])
             tensors = {k: torch.as_tensor(v, device=device) for k, v in columns.items()}
             with self._autocast():
-                _, _, hidden = self._response_hidden(self.model, tensors)
+                _, _, hidden = self.response_hidden(self.model, tensors)
             out[torch.as_tensor(rows, device=device)] = hidden.float()
         return out
 
@@ -665,18 +421,6 @@ class LLMRLModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyA
         self.weights_version += 1
 
 
-@contextlib.contextmanager
-def _output_projection_input(model):
-    """Within the block, the list of inputs that ``model``'s output projection (lm_head)
-    received: the final hidden states of the positions whose logits are kept."""
-    captured = []
-    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
 def _select_rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """The padded prompt/response columns of ``rows``, without the columns that are padding
     in every selected row (a minibatch keeps the width of the widest row of its batch)."""
@@ -704,27 +448,6 @@ def _rows_needing_values(batch: dict[str, Any], n: int) -> np.ndarray:
     terminated = np.asarray(convert_to_numpy(batch[Columns.TERMINATEDS]), dtype=bool)
     after_terminal = np.concatenate([[False], terminated[:-1]])
     return loss_mask | ~after_terminal
-
-
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, W)`` ids and mask with each row right-aligned (left-padded with ``pad``)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = True
-    return ids, mask
-
-
-def _common_prefix_length(sequences: list[list[int]]) -> int:
-    """Length of the longest common head, leaving every sequence at least one own token."""
-    limit = min(len(s) for s in sequences) - 1
-    first = sequences[0]
-    n = 0
-    while n < limit and all(s[n] == first[n] for s in sequences[1:]):
-        n += 1
-    return max(n, 0)
 
 
 def _object_array(items: list) -> np.ndarray:

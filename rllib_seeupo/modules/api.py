@@ -12,11 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-# Batch columns shared by the algorithm, the learner and the modules.
-RESPONSE_MASK = "response_mask"  # (B, L) bool: real response tokens
-BEHAVIOUR_LOGP = "behaviour_logp"  # (B, L) log-probs recorded at sampling time
-RESPONSE_LOGP = "response_logp"  # (B, L) forward_train output under the current params
-RESPONSE_ENTROPY = "response_entropy"  # (B, L) forward_train output, policy entropy per token
+from rllib_seeupo.columns import BEHAVIOUR_LOGP, RESPONSE_ENTROPY, RESPONSE_LOGP, RESPONSE_MASK  # noqa: F401
 
 
 class TurnPolicyAPI(abc.ABC):
