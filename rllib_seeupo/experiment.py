@@ -466,6 +466,10 @@ def validate_experiment(experiment: Experiment, where: str | Path = "") -> None:
         raise ConfigError(
             f"{prefix}unknown model_config key(s) {unknown} for {module_class.__name__}; allowed: {sorted(llm.DEFAULTS)}"
         )
+    try:
+        llm.checked_settings(model_config)
+    except ValueError as error:
+        raise ConfigError(f"{prefix}model_config: {str(error).removeprefix('LLMRLModule: ')}") from None
     from rllib_seeupo.llm.models import check_model
 
     raw_config = experiment.config.get("model_config") or {}

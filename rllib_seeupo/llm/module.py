@@ -88,26 +88,33 @@ DEFAULTS = {
 }
 
 
+def checked_settings(model_config: dict[str, Any]) -> dict[str, Any]:
+    """``model_config`` over ``DEFAULTS``; a ValueError naming the key for an unknown key or a
+    bad value (the command line calls it before Ray starts)."""
+    unknown = set(model_config) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"LLMRLModule: unknown model_config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    settings = {**DEFAULTS, **model_config}
+    if settings["dtype"] not in DTYPES:
+        raise ValueError(f"LLMRLModule: dtype must be one of {DTYPES}, got {settings['dtype']!r}")
+    if settings["engine"] not in ENGINES:
+        raise ValueError(f"LLMRLModule: engine must be one of {ENGINES}, got {settings['engine']!r}")
+    for key in ("pack_tokens", "logprob_chunk_tokens"):
+        value = settings[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"LLMRLModule: {key} must be a positive int, got {value!r}")
+    if not isinstance(settings["gradient_checkpointing"], bool):
+        raise ValueError(f"LLMRLModule: gradient_checkpointing must be true or false, got {settings['gradient_checkpointing']!r}")
+    return settings
+
+
 class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyAPI):
     """A transformers causal LM as a turn policy (see the module docstring)."""
 
     def setup(self):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        unknown = set(self.model_config) - set(DEFAULTS)
-        if unknown:
-            raise ValueError(f"LLMRLModule: unknown model_config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.settings = {**DEFAULTS, **self.model_config}
-        if self.settings["dtype"] not in DTYPES:
-            raise ValueError(f"LLMRLModule: dtype must be one of {DTYPES}, got {self.settings['dtype']!r}")
-        if self.settings["engine"] not in ENGINES:
-            raise ValueError(f"LLMRLModule: engine must be one of {ENGINES}, got {self.settings['engine']!r}")
-        for key in ("pack_tokens", "logprob_chunk_tokens"):
-            value = self.settings[key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"LLMRLModule: {key} must be a positive int, got {value!r}")
-        if not isinstance(self.settings["gradient_checkpointing"], bool):
-            raise ValueError(f"LLMRLModule: gradient_checkpointing must be true or false, got {self.settings['gradient_checkpointing']!r}")
+        self.settings = checked_settings(self.model_config)
         if self.settings["engine"] == "vllm":
             from rllib_seeupo.llm.vllm_engine import check_installed
 
