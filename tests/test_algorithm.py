@@ -96,13 +96,14 @@ def test_validate_names_the_bad_field(field, value):
 
 
 def test_sample_based_seeupo_reaches_the_optimum_for_three_seeds(ray_session):
-    """DESIGN.md section 3: full-observation needle instances, fixed budget of 60 iterations."""
+    """DESIGN.md section 3: full-observation needle instances, fixed budget of 40 iterations
+    (every seed is at J/J* 0.996 there, 0.998 at 60)."""
     ratios = []
     for seed in range(3):
         env_config = {"num_turns": 3, "num_actions": 3, "num_contexts": 1, "kind": "needle", "seed": seed}
         algo = bandit_config(env_config=env_config, group_size=8, tasks_per_iteration=8, kl_coeff=0.0).debugging(seed=seed).build_algo()
         try:
-            for _ in range(60):
+            for _ in range(40):
                 result = algo.train()
             ratios.append(result["optimality_ratio"])
         finally:
