@@ -34,6 +34,7 @@ from rllib_seeupo.objectives import CompoundRatio, UpdateOrder
 from rllib_seeupo.turn_env import SHARED_MODULE_ID, TurnAgentEnv, final_info, turn_index
 
 ROLLOUTS = "rollouts"  # metrics key of the rollout/grouping statistics
+TURN_ADVANTAGE = "turn_advantage"  # GiGPO: a turn row's own advantage, kept in Rollout.turns[k]
 # Phases of `update_policy` timed on the algorithm side (seconds, summed over the turns).
 UPDATE_PHASES = ("collate", "logp_recompute", "learner_update", "metrics", "compound_update")
 
@@ -161,6 +162,15 @@ def _response_logp_shard(learner, columns: dict[str, np.ndarray]) -> tuple[int, 
     if not len(rows):
         return rank, None
     return rank, learner.compute_response_logp(SHARED_MODULE_ID, {k: v[rows] for k, v in columns.items()})
+
+
+def _hashable(value: Any) -> Hashable:
+    """An observation as a dict key (text, a number or an array of them)."""
+    if isinstance(value, np.ndarray):
+        return (value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    return value
 
 
 def _to_rollout(episode) -> Rollout | None:
@@ -342,7 +352,10 @@ class SeeUPO(Algorithm):
         episode_ids = [rollouts[i].episode_id for i in index]
         key = turn_metrics_key(np.array([k for _, k in rows]))
         lap("collate")
-        no_signal = not np.any(advantages[index]) and config.kl_coeff == 0 and config.entropy_coeff == 0
+        row_advantages = advantages[index]
+        if config.step_advantage_weight:  # GiGPO: each row's own advantage
+            row_advantages = np.array([rollouts[i].turns[k][TURN_ADVANTAGE] for i, k in rows], dtype=np.float32)
+        no_signal = not np.any(row_advantages) and config.kl_coeff == 0 and config.entropy_coeff == 0
         if config.skip_zero_advantage_updates and no_signal:
             # No signal: no step at all (Adam's carried moments would still move the weights).
             # With a KL or entropy term the loss still has a gradient, so the step is taken.
@@ -359,7 +372,7 @@ class SeeUPO(Algorithm):
         if old is not None:
             columns[OLD_LOGP] = old
         m = np.array([compound[e] for e in episode_ids], dtype=np.float32)
-        columns[ADVANTAGES] = advantages[index]
+        columns[ADVANTAGES] = row_advantages
         columns[COMPOUND_FACTOR] = m
         columns[TURN] = np.array([k for _, k in rows], dtype=np.int64)
         lap("collate")
@@ -482,7 +495,40 @@ class SeeUPO(Algorithm):
             clip=self.config.advantage_clip,
             clip_mode=self.config.advantage_clip_mode,
         )
+        if self.config.step_advantage_weight:
+            self._add_step_advantages(kept, advantages)
         return kept, advantages.numpy()
+
+    def _add_step_advantages(self, rollouts: list[Rollout], episode_advantages: torch.Tensor) -> None:
+        """GiGPO: each turn row's full advantage (``objectives.gigpo_advantages``), kept in its
+        turn's data under ``TURN_ADVANTAGE``. Rows share an anchor group when their rollouts
+        have the same task and the same observation at the same turn."""
+        rows = [(i, k) for i, r in enumerate(rollouts) for k in sorted(r.turns)]
+        anchors: dict[Hashable, int] = {}
+        anchor_group = [
+            anchors.setdefault((repr(rollouts[i].task_id), k, _hashable(rollouts[i].turns[k][Columns.OBS])), len(anchors))
+            for i, k in rows
+        ]
+        index = torch.tensor([i for i, _ in rows])
+        returns = objectives.discounted_turn_returns(
+            torch.tensor([rollouts[i].reward for i, _ in rows]),
+            torch.tensor([k for _, k in rows]),
+            torch.tensor([max(rollouts[i].turns) for i, _ in rows]),
+            self.config.step_discount,
+        )
+        norm = objectives.AdvantageNorm.GROUP_STD if self.config.advantage_norm == "group_std" else objectives.AdvantageNorm.NONE
+        full = objectives.gigpo_advantages(
+            episode_advantages[index], returns, torch.tensor(anchor_group),
+            weight=self.config.step_advantage_weight, norm=norm,
+        )
+        for (i, k), value in zip(rows, full.tolist()):
+            rollouts[i].turns[k][TURN_ADVANTAGE] = value
+        sizes = np.bincount(anchor_group)
+        self.metrics.log_dict({
+            "anchor_groups": len(sizes),
+            # The share of turn rows whose anchor state another rollout reached too.
+            "shared_anchor_rows": float(sizes[sizes > 1].sum() / len(rows)),
+        }, key=ROLLOUTS, window=1)
 
     def _learner_batches(self, minibatch: dict[str, np.ndarray]) -> dict[str, Any]:
         """``learner_group.update``'s data argument for one minibatch (one optimizer step).

@@ -67,6 +67,8 @@ class SeeUPOConfig(AlgorithmConfig):
         self.num_epochs_per_turn = 1
         self.minibatch_size = None
         self.micro_batch_tokens = None
+        self.step_advantage_weight = 0.0
+        self.step_discount = 0.95
         self.old_policy = "rollout"
         self.max_turns = None
         self.skip_zero_advantage_updates = True
@@ -107,6 +109,8 @@ class SeeUPOConfig(AlgorithmConfig):
         turn_optimizer_state: str = NotProvided,
         turn_target_kl: float | None = NotProvided,
         micro_batch_tokens: int | None = NotProvided,
+        step_advantage_weight: float = NotProvided,
+        step_discount: float = NotProvided,
         **kwargs,
     ) -> "SeeUPOConfig":
         """Sets SeeUPO's training settings (and any of ``AlgorithmConfig.training``'s).
@@ -160,6 +164,12 @@ class SeeUPOConfig(AlgorithmConfig):
                 step is the one-pass step and ``minibatch_size`` keeps its meaning (a longer
                 row forms a micro-batch of its own). The no-grad log-prob passes use the
                 same budget. None: the whole minibatch in one pass.
+            step_advantage_weight: omega of GiGPO's step-level advantage (Feng et al. 2025):
+                each turn row's advantage becomes its episode's plus omega times its
+                discounted return relative to the rows of the same task that reached the same
+                observation at the same turn (normalised as ``advantage_norm`` says for
+                ``group_std``, else centred only). 0 (SeeUPO's default): episode-level only.
+            step_discount: gamma of those discounted returns (GiGPO's default 0.95).
         """
         super().training(**kwargs)
         for name, value in dict(
@@ -182,6 +192,8 @@ class SeeUPOConfig(AlgorithmConfig):
             turn_optimizer_state=turn_optimizer_state,
             turn_target_kl=turn_target_kl,
             micro_batch_tokens=micro_batch_tokens,
+            step_advantage_weight=step_advantage_weight,
+            step_discount=step_discount,
         ).items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -243,6 +255,12 @@ class SeeUPOConfig(AlgorithmConfig):
             not isinstance(self.micro_batch_tokens, int) or isinstance(self.micro_batch_tokens, bool) or self.micro_batch_tokens < 1
         ):
             fail("micro_batch_tokens", "must be an integer >= 1 or None")
+        weight = self.step_advantage_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            fail("step_advantage_weight", "must be a finite number >= 0")
+        gamma = self.step_discount
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
+            fail("step_discount", "must be a number in (0, 1]")
         if self.num_epochs != 1:
             # RLlib's PPO field; SeeUPO's passes are per turn update, and silently ignoring
             # it would leave a user's PPO-style config training one pass per turn.

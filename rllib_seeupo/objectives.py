@@ -141,6 +141,48 @@ def group_relative_advantages(
     return advantages.to(torch.float32)
 
 
+def discounted_turn_returns(rewards: torch.Tensor, turns: torch.Tensor, last_turns: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Each turn's discounted return when an episode's one reward arrives after its last turn:
+    ``R_t = gamma^(T_i - t) R_i`` (GiGPO, Feng et al. 2025, arXiv 2505.10978, Eq. 5, with a
+    terminal reward).
+
+    Args:
+        rewards: ``(M,)`` the reward R_i of the episode each row belongs to.
+        turns: ``(M,)`` the row's turn t; last_turns: ``(M,)`` its episode's last turn T_i.
+    Returns:
+        ``(M,)`` float32 returns.
+    """
+    exponent = (last_turns - turns).to(torch.float64)
+    return (rewards.to(torch.float64) * gamma**exponent).to(torch.float32)
+
+
+def gigpo_advantages(
+    episode_advantages: torch.Tensor,
+    turn_returns: torch.Tensor,
+    anchor_group: torch.Tensor,
+    *,
+    weight: float = 1.0,
+    norm: AdvantageNorm | str = AdvantageNorm.NONE,
+) -> torch.Tensor:
+    """GiGPO's advantage of each turn row: ``A = A^E + weight * A^S`` (Eq. 8), where ``A^S``
+    compares the discounted returns of the rows that reached the same anchor state (the same
+    observation at the same turn of the same task) across a group's rollouts (Eq. 7):
+    ``group_relative_advantages`` over those anchor groups, unclipped. A row alone in its
+    anchor group gets ``A^S = 0``, leaving its episode-level advantage.
+
+    Args:
+        episode_advantages: ``(M,)`` the episode-level advantage ``A^E`` of each row's rollout.
+        turn_returns: ``(M,)`` each row's discounted return (``discounted_turn_returns``).
+        anchor_group: ``(M,)`` int64 in ``[0, num_anchor_groups)``.
+        weight: omega, the step-level term's weight (the paper's default 1).
+        norm: ``none`` (F_norm = 1, the paper's default for agent tasks) or ``group_std``.
+    Returns:
+        ``(M,)`` float32 advantages.
+    """
+    step = group_relative_advantages(turn_returns, anchor_group, norm=norm, clip=None)
+    return (episode_advantages.to(torch.float32) + weight * step).to(torch.float32)
+
+
 def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Log of GSPO's sequence-level ratio: the mean over a response's tokens of
     ``log pi_theta - log pi_old``.

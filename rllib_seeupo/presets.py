@@ -60,6 +60,20 @@ class RLOOConfig(_ParallelBaselineConfig):
         self.ratio_level = "token"
 
 
+class GiGPOConfig(_ParallelBaselineConfig):
+    """GiGPO (Feng et al. 2025, arXiv 2505.10978; verl-agent): GRPO's update with each turn's
+    advantage the episode's group-centred reward plus omega = 1 times its discounted return
+    (gamma 0.95) centred over the rollouts that reached the same observation at that turn;
+    F_norm = 1 at both levels (the paper's default for agent tasks), token-level ratio."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or GiGPO)
+        self.advantage_norm = "none"
+        self.ratio_level = "token"
+        self.step_advantage_weight = 1.0
+        self.step_discount = 0.95
+
+
 class GRAEReinforceConfig(_ParallelBaselineConfig):
     """REINFORCE with group-centred advantages: one on-policy step on all turns, no clip."""
 
@@ -88,6 +102,12 @@ class RLOO(SeeUPO):
     @classmethod
     def get_default_config(cls) -> RLOOConfig:
         return RLOOConfig()
+
+
+class GiGPO(SeeUPO):
+    @classmethod
+    def get_default_config(cls) -> GiGPOConfig:
+        return GiGPOConfig()
 
 
 class GRAEReinforce(SeeUPO):
@@ -163,5 +183,6 @@ ALGORITHMS = {
     "GRPO": GRPO,
     "GSPO": GSPO,
     "RLOO": RLOO,
+    "GiGPO": GiGPO,
     "GRAE-REINFORCE": GRAEReinforce,
 }

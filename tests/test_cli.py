@@ -64,7 +64,7 @@ def test_dry_run_prints_resources_and_memory_for_every_tuned_example(tmp_path, m
 # Every baseline and ablation, on the bandit and on the embedded env (DESIGN.md section 4).
 VARIANTS = (
     "seeupo_forward", "seeupo_random", "seeupo_parallel", "seeupo_no_norm",
-    "seeupo_no_compound", "grpo", "gspo", "rloo", "grae_reinforce", "ppo",
+    "seeupo_no_compound", "grpo", "gspo", "rloo", "gigpo", "grae_reinforce", "ppo",
 )
 # Variants of one env only: the bandit's main example keeps the batch-wide advantage scale,
 # the embedded env's main job takes the per-group std, so each has the other as an ablation.
@@ -102,6 +102,11 @@ def test_baselines_on_the_embedded_env_keep_what_defines_them():
     grpo = built("grpo")
     assert (grpo.update_order, grpo.advantage_norm, grpo.ratio_level, grpo.compound_ratio) == (
         "parallel", "group_std", "token", "none")
+    gigpo = built("gigpo")
+    assert (gigpo.update_order, gigpo.advantage_norm, gigpo.ratio_level, gigpo.compound_ratio) == (
+        "parallel", "none", "token", "none")
+    assert (gigpo.step_advantage_weight, gigpo.step_discount) == (1.0, 0.95)
+    assert built("seeupo").step_advantage_weight == 0.0
     reinforce = built("grae_reinforce")
     assert reinforce.num_epochs_per_turn == 1 and reinforce.minibatch_size is None
     assert reinforce.clip_param == float("inf")
