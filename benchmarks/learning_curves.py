@@ -7,8 +7,10 @@ example's env has a seed: the same instances for every algorithm, a different on
 seed). Each finished run is stored as ``OUT/<env>/<algorithm>_seed<k>.json`` and never redone
 (delete the file to redo it); then the script draws ``OUT/<env>/learning_curves.png`` (mean
 and range over seeds per algorithm over env steps) and writes ``OUT/<env>/table.md``: final
-value (mean +- std), area under the curve (the curve's mean over env steps) and the number
-of runs that collapsed (fell below half of their best value so far).
+value (mean +- std, the sample std with ddof 1), area under the curve (the curve's mean over
+env steps), paired differences against a baseline with their 95% Student-t interval, and the
+number of runs that collapsed (``collapsed``: ended more than ``COLLAPSE_DROP`` below where
+they started).
 
 The curve is J/J* (``optimality_ratio``, exact) on the bandit and the success rate of the
 training episodes (``rollouts/success_rate``; ``reward_mean`` where an algorithm does not
@@ -200,15 +202,15 @@ def multi_decision(figures: dict[str, float], levels=("3", "4")) -> float | None
     return sum(figures[level] * figures[f"n{level}"] for level in levels) / episodes
 
 
-def _interval(diffs: list[float]) -> tuple[float, float, int] | None:
-    """Mean of paired differences and the half-width of its 95% interval (Student's t)."""
+def paired_interval(diffs: list[float]) -> tuple[float, float, int] | None:
+    """Mean of paired differences, the half-width of its 95% interval (Student's t with n - 1
+    degrees of freedom: ``t_0.975 * std / sqrt(n)``, std with ddof 1) and n; None for n < 2."""
     from scipy import stats
 
     if len(diffs) < 2:
         return None
-    mean, std = _mean_std(diffs)
-    sample_std = std * math.sqrt(len(diffs) / (len(diffs) - 1))
-    return mean, float(stats.t.ppf(0.975, len(diffs) - 1)) * sample_std / math.sqrt(len(diffs)), len(diffs)
+    mean, std = mean_std(diffs)
+    return mean, float(stats.t.ppf(0.975, len(diffs) - 1)) * std / math.sqrt(len(diffs)), len(diffs)
 
 
 def _row(cells: list[str]) -> str:
@@ -240,9 +242,14 @@ def largest_drift(record: dict) -> tuple[float, float] | None:
     return (max(kls), max(clips)) if kls and clips else None
 
 
-# A run that ends more than this below the untrained model's held-out success collapsed
-# (an exact drop of 0.05 on 200 tasks, 10 tasks, is not more: hence the 1e-9).
+# The one definition of a collapse, fixed before the comparison's runs: a run collapsed when
+# it ends more than this below where it started (held-out success: the untrained model's; a
+# curve: its first point). An exact drop of 0.05 on 200 tasks (10 tasks) is not more.
 COLLAPSE_DROP = 0.05
+
+
+def collapsed(start: float, final: float) -> bool:
+    return final < start - COLLAPSE_DROP - 1e-9
 
 
 def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
@@ -281,19 +288,19 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
                            "-" if md is None else f"{md:.3f}", "-", "-"]))
     for label, rs in with_eval.items():
         figures = [held_out(r) for r in rs]
-        mean, std = _mean_std([f["all"] for f in figures])
+        mean, std = mean_std([f["all"] for f in figures])
         per_seed = ", ".join(f"{f['all']:.2f}" for f in figures)
-        paired = None if label == args.baseline else _interval(
+        paired = None if label == args.baseline else paired_interval(
             [f["all"] - baseline[r["seed"]]["all"] for f, r in zip(figures, rs) if r["seed"] in baseline])
-        collapses = "-" if base_figures is None else f"{sum(f['all'] < base_figures['all'] - COLLAPSE_DROP - 1e-9 for f in figures)}/{len(rs)}"
+        collapses = "-" if base_figures is None else f"{sum(collapsed(base_figures['all'], f['all']) for f in figures)}/{len(rs)}"
         level_cells = []
         for level in levels:
             values = [f[level] for f in figures if level in f]
-            level_cells.append(f"{_mean_std(values)[0]:.3f}" if values else "-")
+            level_cells.append(f"{mean_std(values)[0]:.3f}" if values else "-")
         md_values = [multi_decision(f) for f in figures]
-        md_cell = "-" if None in md_values else f"{_mean_std(md_values)[0]:.3f} +- {_mean_std(md_values)[1]:.3f}"
+        md_cell = "-" if None in md_values else f"{mean_std(md_values)[0]:.3f} +- {mean_std(md_values)[1]:.3f}"
         base_md = {seed: multi_decision(f) for seed, f in baseline.items()}
-        md_paired = None if label == args.baseline or None in md_values else _interval([
+        md_paired = None if label == args.baseline or None in md_values else paired_interval([
             m - base_md[r["seed"]] for m, r in zip(md_values, rs) if base_md.get(r["seed"]) is not None
         ])
         lines.append(_row([
@@ -302,7 +309,8 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
             *level_cells, md_cell, "-" if md_paired is None else f"{md_paired[0]:+.3f} +- {md_paired[1]:.3f}",
             drift_cell([largest_drift(r) for r in rs]),
         ]))
-    lines += ["", "collapses: seeds whose held-out success ended more than 0.05 below the untrained model's.",
+    lines += ["", "std: the sample std over seeds (ddof 1); intervals: 95% Student-t over the paired seeds. "
+              "collapses: seeds whose held-out success ended more than 0.05 below the untrained model's.",
               "largest KL / clip share: per run, the largest k3 KL from the rollout policy and the largest share "
               "of rows (responses) whose sequence-level ratio left the clip range, each a turn update's mean over its minibatches, "
               "in any turn update of any iteration; '-' where the run measures neither against the rollout "
@@ -312,37 +320,37 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
 
 def summarise(curve: list[list[float]], budget: int) -> dict[str, float]:
     """Final value, area under the curve (its mean over env steps, trapezoidal, from the
-    first iteration up to the budget) and whether the run collapsed."""
+    first iteration up to the budget) and whether the run collapsed (``collapsed`` from its
+    first point)."""
     xs = [min(x, budget) for x, _ in curve]
     ys = [y for _, y in curve]
     if len(xs) > 1 and xs[-1] > xs[0]:
         area = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1)) / (xs[-1] - xs[0])
     else:
         area = ys[-1]
-    best, collapsed = -math.inf, False
-    for y in ys:
-        best = max(best, y)
-        collapsed |= best > 0 and y < best / 2
-    return {"final": ys[-1], "auc": area, "best": max(ys), "collapsed": collapsed}
+    return {"final": ys[-1], "auc": area, "best": max(ys), "collapsed": collapsed(ys[0], ys[-1])}
 
 
 def drift_cell(drifts: list[tuple[float, float] | None]) -> str:
     if None in drifts:
         return "-"
     kls, clips = [d[0] for d in drifts], [d[1] for d in drifts]
-    return f"{_mean_std(kls)[0]:.2f} [{max(kls):.2f}] / {_mean_std(clips)[0]:.2f} [{max(clips):.2f}]"
+    return f"{mean_std(kls)[0]:.2f} [{max(kls):.2f}] / {mean_std(clips)[0]:.2f} [{max(clips):.2f}]"
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1; nan for a single value)."""
     mean = sum(values) / len(values)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def paired_difference(runs: list[dict], baseline: list[dict], budget: int) -> tuple[float, float, int] | None:
     """Mean over the seeds both have of (final - baseline's final), the half-width of its 95%
     interval (Student's t) and the number of pairs; None with fewer than two pairs."""
     base = {r["seed"]: summarise(r["curve"], budget)["final"] for r in baseline}
-    return _interval([summarise(r["curve"], budget)["final"] - base[r["seed"]] for r in runs if r["seed"] in base])
+    return paired_interval([summarise(r["curve"], budget)["final"] - base[r["seed"]] for r in runs if r["seed"] in base])
 
 
 def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
@@ -358,7 +366,7 @@ def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
     ]
     for label, rs in runs.items():
         stats = [summarise(r["curve"], args.budget) for r in rs]
-        final, auc, best = (_mean_std([s[k] for s in stats]) for k in ("final", "auc", "best"))
+        final, auc, best = (mean_std([s[k] for s in stats]) for k in ("final", "auc", "best"))
         wall = sum(r["wall_time_s"] for r in rs) / len(rs)
         per_seed = ", ".join(f"{st['final']:.2f}" for st in stats)
         paired = paired_difference(rs, runs.get(args.baseline, []), args.budget) if label != args.baseline else None
@@ -376,14 +384,15 @@ def write_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
             else:
                 # `evaluation.before=false` runs skip the first measurement (the same base
                 # model in every run): the column then shows the after figures alone.
-                (a, a_std) = _mean_std(after)
-                b = "-" if None in before else f"{_mean_std(before)[0]:.3f}"
+                (a, a_std) = mean_std(after)
+                b = "-" if None in before else f"{mean_std(before)[0]:.3f}"
                 row += f" {b} -> {a:.3f} +- {a_std:.3f} [{', '.join(f'{x:.2f}' for x in after)}] |"
         lines.append(row)
     lines += [
         "",
         "final: the value at the last iteration (the first to reach the budget); area under curve: the "
-        "curve's mean over env steps; collapses: runs whose value fell below half of their best so far; "
+        "curve's mean over env steps; std: the sample std over seeds (ddof 1); collapses: runs that ended more "
+        "than 0.05 below their first iteration's value; "
         "best: the best value of each run, averaged.",
     ]
     table = "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from envs.text import AnyText
 from rllib_seeupo import SHARED_MODULE_ID, SeeUPOConfig
-from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, MINIBATCH_ROWS, OLD_LOGP, TURN
+from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, OLD_LOGP, TURN
 from rllib_seeupo.llm.module import PROMPT_IDS, PROMPT_MASK, RESPONSE_IDS, LLMRLModule
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from test_llm import GENERATION, _observations
