@@ -28,21 +28,58 @@ def _play(e, policy, task_id):
     return final
 
 
-def test_scripted_oracle_solves_every_task_of_both_splits():
-    e = env(max_turns=4)
-    ids = list(range(300)) + list(range(TEST_OFFSET, TEST_OFFSET + 100))
+@pytest.mark.parametrize("levels", [(1, 2, 3, 4), (1, 2, 3, 4, 5, 6, 7)])
+def test_scripted_oracle_solves_every_task_of_every_split(levels):
+    e = env(max_turns=4, levels=levels)
+    ids = list(range(300)) + list(range(TEST_OFFSET, TEST_OFFSET + 100)) + list(e.task_ids("validation"))[:100]
     results = [_play(e, lambda e, m: oracle_response(e.task, m), t) for t in ids]
     assert all(r == 1.0 and info["success"] == 1.0 for r, info in results)
-    assert {make_task(t).level for t in ids} == {1, 2, 3, 4}
+    assert {make_task(t, levels).level for t in ids} == set(levels)
 
 
-def test_splits_are_disjoint_and_deterministic():
-    e = env(num_test_tasks=50)
-    train, test = e.task_ids("train"), e.task_ids("test")
-    assert len(test) == 50 and max(train) < min(test)
+def test_reference_policies_per_level_on_the_test_split():
+    """Per level on the 200 test tasks: the oracle solves all; the best policy that never
+    reads a tool result; a uniformly random valid call. The levels whose later call depends
+    on an earlier result keep the blind policy at or below 0.35."""
+    from envs.tool_tasks import DEPENDENT_LEVELS, reference_success
+
+    test = env().task_ids("test")
+    default = reference_success(test, levels=(1, 2, 3, 4))
+    assert {k: (v["tasks"], round(v["blind"], 3), v["blind_policy"]) for k, v in default.items()} == {
+        1: (45, 1.0, "oracle's first call list"), 2: (51, 0.196, "answer 2"),
+        3: (46, 1.0, "oracle's first call list"), 4: (58, 0.655, "always remove"),
+    }
+    dependent = reference_success(test, levels=(1, 2, 5, 6, 7))
+    assert {k: (v["tasks"], round(v["blind"], 3)) for k, v in dependent.items()} == {
+        1: (36, 1.0), 2: (37, 0.216), 5: (43, 0.209), 6: (36, 0.167), 7: (48, 0.104),
+    }
+    for result in [*default.values(), *dependent.values()]:
+        assert result["oracle"] == 1.0 and result["random"] <= 0.1
+    assert all(dependent[level]["blind"] <= 0.35 for level in DEPENDENT_LEVELS)
+
+
+def test_splits_are_disjoint_by_content_and_deterministic():
+    e = env()
+    train, validation, test = e.task_ids("train"), e.task_ids("validation"), e.task_ids("test")
+    assert len(test) == len(validation) == 200 and len(train) == 10**6
+    assert set(test).isdisjoint(validation) and max(test) < min(validation)
     assert make_task(7) == make_task(7)
-    with pytest.raises(ValueError):
-        e.task_ids("validation")
+    held_out = {make_task(i).content() for i in [*validation, *test]}
+    # Train ids 95895 and 79915 draw the same task as test id 1000103 and validation id
+    # 2000055: the train split serves spare ids in their place.
+    assert make_task(95895).content() == make_task(1_000_103).content()
+    assert make_task(79915).content() == make_task(2_000_055).content()
+    for twin in (95895, 79915):
+        assert train[twin] != twin and make_task(train[twin]).content() not in held_out
+    sample = [train[i] for i in range(0, 10**6, 997)]
+    assert train[0] == 0 and not any(make_task(i).content() in held_out for i in sample)
+    # What the held-out splits measure: the request forms and numbers are shared with
+    # training (every test request is among the first 20 000 train tasks' requests); the
+    # items, stocks and their combinations are new.
+    requests = {make_task(i).request for i in range(20_000)}
+    assert sum(make_task(i).request in requests for i in test) == 200
+    with pytest.raises(ValueError, match="validation"):
+        e.task_ids("dev")
 
 
 def test_wrong_or_missing_answers_fail():
@@ -128,7 +165,9 @@ def test_every_level_is_solvable_within_the_main_jobs_budgets():
         gguf = _packaged_gguf("smollm2-135m-instruct")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     main_job = load_experiment(Path(__file__).resolve().parents[1] / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml")
-    model_config, env_config = main_job.config["model_config"], main_job.config["env_config"]
+    model_config = main_job.config["model_config"]
+    # The default levels, and the levels whose later calls depend on earlier results.
+    env_config = {**main_job.config["env_config"], "levels": [1, 2, 3, 4, 5, 6, 7]}
     prefix = model_config["response_prefix"]
     longest, turns = defaultdict(int), defaultdict(int)
     for task_id in [*range(300), *range(TEST_OFFSET, TEST_OFFSET + 300)]:
@@ -144,6 +183,6 @@ def test_every_level_is_solvable_within_the_main_jobs_budgets():
             played += 1
         turns[e.task.level] = max(turns[e.task.level], played)
         assert e.infos["turn_0"]["success"] == 1.0, task_id
-    assert set(longest) == {1, 2, 3, 4}
+    assert set(longest) == {1, 2, 3, 4, 5, 6, 7}
     assert max(longest.values()) <= model_config["max_new_tokens"], dict(longest)
     assert max(turns.values()) <= env_config["max_turns"], dict(turns)

@@ -1,7 +1,7 @@
 """Procedurally generated multi-turn tool-use tasks on a small inventory (no download).
 
 Each task is drawn from its integer id: a starting inventory and a request that needs one
-to several calls, at one of four difficulty levels:
+to several calls, at one of seven levels:
 
 1. one change: "Add 3 apples."
 2. a question: "How many pears are in stock?" (look up, then answer)
@@ -9,11 +9,28 @@ to several calls, at one of four difficulty levels:
 4. a conditional: "If there are fewer than 5 kiwis, add 4 kiwis; otherwise remove 2."
    (look up first, decide in a later turn)
 
+Levels 1-4 are the default. Levels 3 and 4 can be solved without reading any tool result
+(two independent changes fit one call list; the conditional's branches are unbalanced), so
+levels 5-7 make the right later call depend on what an earlier call returned (the items
+are never named in the request, so a policy that ignores results must guess one of 8):
+
+5. a pointer: "Add 3 of the item named on the note." (``read_note()`` names it)
+6. a choice by stock: "Add 3 to the item with the fewest units in stock." (``list_stock()``)
+7. a pointer, then a balanced conditional: "If the item named on the note has fewer than 6
+   units, add 3 of it; otherwise remove 2 of it." (read the note, look its stock up, decide)
+
+``read_note`` and ``list_stock`` are in the function docs only when a level that needs them
+is configured, so the prompts of levels 1-4 are unchanged.
+
 The model answers in BFCL's call syntax, ``[add_item(item="apple", qty=3)]``; results come
 back as the next observation; ``finish(answer=...)`` ends the episode. Reward 1 when the
 final inventory is the target and, for a question, the answer is right; else 0; minus an
 optional penalty per unparseable turn. Every turn receives it when the episode ends. Turn k of an episode is agent ``turn_k``.
-Train ids are ``[0, 10**6)``; test ids start at ``10**6``: the two never overlap.
+Splits by content: ``test`` ids start at ``10**6``, ``validation`` ids at ``2 * 10**6``; a
+``train`` id whose task equals a validation or test task (the same level, request and
+inventory) is replaced by a spare id (``TrainTaskIds``), so no held-out task is trained on.
+Held-out tasks share their forms (the request templates) with training tasks and differ in
+items and numbers: the held-out splits measure new numbers and items of a seen form.
 """
 
 from __future__ import annotations
@@ -32,14 +49,28 @@ from envs.turns import end_episode, render_chat, start_episode
 
 ITEMS = ("apple", "pear", "banana", "orange", "lemon", "mango", "plum", "kiwi")
 TEST_OFFSET = 10**6
+VALIDATION_OFFSET = 2 * 10**6
+SPARE_OFFSET = 3 * 10**6  # replacements for train ids whose task is held out
+LEVELS = (1, 2, 3, 4, 5, 6, 7)
+# Levels whose right later call depends on what an earlier call returned.
+DEPENDENT_LEVELS = (5, 6, 7)
+CONDITIONAL_THRESHOLD = 6  # level 7: fewer than this many units -> add, else remove
 # name -> (parameters, description): the function docs shown to the model.
 FUNCTIONS = {
     "get_stock": (("item",), "units of an item in stock"),
     "add_item": (("item", "qty"), "add qty units of an item"),
     "remove_item": (("item", "qty"), "remove qty units of an item"),
     "finish": (("answer",), "end the task; answer a question in answer"),
+    "read_note": ((), "the item named on the note"),
+    "list_stock": ((), "units of every item in stock"),
 }
 PARAMETERS = {name: list(params) for name, (params, _) in FUNCTIONS.items()}
+# Functions shown (and runnable) only when a level that needs them is configured.
+LEVEL_FUNCTIONS = {"read_note": (5, 7), "list_stock": (6,)}
+
+
+def functions_for(levels: tuple[int, ...]) -> list[str]:
+    return [name for name in FUNCTIONS if name not in LEVEL_FUNCTIONS or set(LEVEL_FUNCTIONS[name]) & set(levels)]
 EXAMPLES = """User: Add 2 plums.
 Assistant: [add_item(item="plum", qty=2)]
 Tool: plum: 9
@@ -50,10 +81,10 @@ Tool: 4
 Assistant: [finish(answer="4")]"""
 
 
-def system_prompt() -> str:
+def system_prompt(levels: tuple[int, ...] = (1, 2, 3, 4)) -> str:
     """Compact docs and two worked examples: short prompts keep CPU rollouts cheap, and a
     small model needs the examples to answer in call syntax at all."""
-    docs = "\n".join(f"{name}({', '.join(params)}): {text}" for name, (params, text) in FUNCTIONS.items())
+    docs = "\n".join(f"{name}({', '.join(FUNCTIONS[name][0])}): {FUNCTIONS[name][1]}" for name in functions_for(levels))
     return f"Functions:\n{docs}\nReply with a call list like [f(a=1)]; call finish() when done.\n{EXAMPLES}"
 
 
@@ -65,6 +96,11 @@ class Task:
     inventory: dict[str, int]
     target: dict[str, int]
     answer: str | None  # the expected answer of a question, else None
+    note: str | None = None  # the item read_note() names (levels 5 and 7)
+
+    def content(self) -> tuple:
+        """What makes two tasks the same task, whatever their ids."""
+        return self.level, self.request, tuple(sorted(self.inventory.items())), self.note
 
 
 def make_task(task_id: int, levels: tuple[int, ...] = (1, 2, 3, 4), level_weights: tuple[float, ...] | None = None) -> Task:
@@ -76,7 +112,7 @@ def make_task(task_id: int, levels: tuple[int, ...] = (1, 2, 3, 4), level_weight
     target = dict(inventory)
     a, b = names[0], names[1]
     q1, q2 = int(rng.integers(1, 6)), int(rng.integers(1, 3))
-    answer = None
+    answer, note = None, None
     if level == 1:
         if rng.random() < 0.5:
             request, target[a] = f"Add {q1} {a}s.", inventory[a] + q1
@@ -87,11 +123,50 @@ def make_task(task_id: int, levels: tuple[int, ...] = (1, 2, 3, 4), level_weight
     elif level == 3:
         request = f"Add {q1} {a}s and remove {q2} {b}s."
         target[a], target[b] = inventory[a] + q1, inventory[b] - q2
-    else:
+    elif level == 4:
         threshold = int(rng.integers(3, 9))
         request = f"If there are fewer than {threshold} {a}s, add {q1} {a}s; otherwise remove {q2} {a}s."
         target[a] = inventory[a] + q1 if inventory[a] < threshold else inventory[a] - q2
-    return Task(task_id, level, request, inventory, target, answer)
+    elif level == 5:
+        note = names[int(rng.integers(4))]
+        request, target[note] = f"Add {q1} of the item named on the note.", inventory[note] + q1
+    elif level == 6:
+        # Distinct stocks: one item has the fewest.
+        for name, units in zip(names, rng.choice(np.arange(2, 10), size=4, replace=False)):
+            inventory[name] = target[name] = int(units)
+        fewest = min(names, key=inventory.get)
+        request, target[fewest] = f"Add {q1} to the item with the fewest units in stock.", inventory[fewest] + q1
+    else:
+        # The branch is drawn first, then a stock on its side: each branch half the tasks.
+        note = names[int(rng.integers(4))]
+        fewer = bool(rng.random() < 0.5)
+        units = int(rng.integers(2, CONDITIONAL_THRESHOLD) if fewer else rng.integers(CONDITIONAL_THRESHOLD, 10))
+        inventory[note] = units
+        target = dict(inventory)
+        target[note] = units + q1 if fewer else units - q2
+        request = (f"If the item named on the note has fewer than {CONDITIONAL_THRESHOLD} units, add {q1} of it; "
+                   f"otherwise remove {q2} of it.")
+    return Task(task_id, level, request, inventory, target, answer, note)
+
+
+class TrainTaskIds:
+    """The train split's ids ``[0, 10**6)``, each id whose task equals a held-out task (of
+    ``held_out``: validation and test tasks) replaced by a spare id (``i + 3 * 10**6``, then
+    ``+ 10**6`` until it is not held out). A lazy sequence: tasks are made when drawn."""
+
+    def __init__(self, held_out: set[tuple], levels: tuple[int, ...], level_weights: tuple[float, ...] | None):
+        self.held_out, self.levels, self.level_weights = held_out, levels, level_weights
+
+    def __len__(self) -> int:
+        return TEST_OFFSET
+
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < TEST_OFFSET:
+            raise IndexError(index)
+        task_id = int(index)
+        while make_task(task_id, self.levels, self.level_weights).content() in self.held_out:
+            task_id = task_id + SPARE_OFFSET if task_id < SPARE_OFFSET else task_id + TEST_OFFSET
+        return task_id
 
 
 class raw_env(AECEnv):
@@ -115,12 +190,13 @@ class raw_env(AECEnv):
         max_action_chars: int = 4000,
         max_result_chars: int = 500,
         render_mode: str | None = None,
+        num_validation_tasks: int = 200,
     ):
         super().__init__()
         if max_turns < 1:
             raise ValueError(f"tool_tasks max_turns must be >= 1, got {max_turns}")
-        if not set(levels) <= {1, 2, 3, 4}:
-            raise ValueError(f"tool_tasks levels must be within 1..4, got {levels}")
+        if not levels or not set(levels) <= set(LEVELS):
+            raise ValueError(f"tool_tasks levels must be within 1..7, got {levels}")
         if max_action_chars < 1 or max_result_chars < 1:
             raise ValueError(f"tool_tasks max_action_chars and max_result_chars must be >= 1, got {max_action_chars}, {max_result_chars}")
         self.max_turns = max_turns
@@ -128,6 +204,9 @@ class raw_env(AECEnv):
         self.level_weights = None if level_weights is None else tuple(level_weights)
         self.parse_error_penalty = parse_error_penalty
         self.num_test_tasks = num_test_tasks
+        self.num_validation_tasks = num_validation_tasks
+        self.functions = set(functions_for(self.levels))
+        self._train_ids = None
         self.max_result_chars = max_result_chars
         self.render_mode = render_mode
         self.possible_agents = [f"turn_{k}" for k in range(max_turns)]
@@ -143,11 +222,19 @@ class raw_env(AECEnv):
         return self._action_space
 
     def task_ids(self, split: str = "train"):
-        if split == "train":
-            return range(0, TEST_OFFSET)
         if split == "test":
             return range(TEST_OFFSET, TEST_OFFSET + self.num_test_tasks)
-        raise ValueError(f"tool_tasks has splits 'train' and 'test', got {split!r}")
+        if split == "validation":
+            return range(VALIDATION_OFFSET, VALIDATION_OFFSET + self.num_validation_tasks)
+        if split == "train":
+            if self._train_ids is None:
+                held_out = {
+                    make_task(i, self.levels, self.level_weights).content()
+                    for i in [*self.task_ids("validation"), *self.task_ids("test")]
+                }
+                self._train_ids = TrainTaskIds(held_out, self.levels, self.level_weights)
+            return self._train_ids
+        raise ValueError(f"tool_tasks has splits 'train', 'validation' and 'test', got {split!r}")
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
         if seed is not None:
@@ -158,7 +245,7 @@ class raw_env(AECEnv):
         self.task = make_task(int(task_id), self.levels, self.level_weights)
         self.inventory = dict(self.task.inventory)
         self.messages = [
-            {"role": "system", "content": system_prompt()},
+            {"role": "system", "content": system_prompt(self.levels)},
             {"role": "user", "content": self.task.request},
         ]
         self.answer: str | None = None
@@ -183,6 +270,10 @@ class raw_env(AECEnv):
         if call.name == "finish":
             self.answer = str(kwargs.get("answer", "")).strip()
             return True, "done"
+        if call.name == "read_note":
+            return (True, self.task.note) if self.task.note else (False, "Error: there is no note")
+        if call.name == "list_stock":
+            return True, ", ".join(f"{item}: {units}" for item, units in self.inventory.items())
         item = kwargs.get("item")
         # A string first: an unhashable value (a list, a dict) cannot be looked up.
         if not isinstance(item, str) or item not in self.inventory:
@@ -202,7 +293,7 @@ class raw_env(AECEnv):
         up to and including the first that failed (the calls after it, or after
         ``finish``, do not run), the whole cut to ``max_result_chars``."""
         try:
-            calls = parse_calls(text, set(PARAMETERS))
+            calls = parse_calls(text, self.functions)
         except CallSyntaxError as error:
             self.parse_errors += 1
             return cut_text(f"Error: {error}", self.max_result_chars)
@@ -253,9 +344,34 @@ class raw_env(AECEnv):
         pass
 
 
+def _change(item: str, delta: int) -> str:
+    return f'[add_item(item="{item}", qty={delta})]' if delta > 0 else f'[remove_item(item="{item}", qty={-delta})]'
+
+
 def oracle_response(task: Task, messages: list[dict[str, str]]) -> str:
-    """A scripted policy that solves every task (used by tests and as a reference)."""
+    """A scripted policy that solves every task (used by tests and as a reference). It reads
+    what it needs from the tool results in ``messages``, never from ``task``'s hidden fields."""
     turn = sum(m["role"] == "assistant" for m in messages)
+    result = messages[-1]["content"].strip()
+    q1, q2 = _quantities(task.request)
+    if task.level == 5:
+        return ["[read_note()]", f'[add_item(item="{result}", qty={q1})]', "[finish()]"][min(turn, 2)]
+    if task.level == 6:
+        if turn == 0:
+            return "[list_stock()]"
+        if turn == 1:
+            stock = dict((name, int(units)) for name, units in (pair.split(": ") for pair in result.split(", ")))
+            return f'[add_item(item="{min(stock, key=stock.get)}", qty={q1})]'
+        return "[finish()]"
+    if task.level == 7:
+        if turn == 0:
+            return "[read_note()]"
+        item = messages[3]["content"].strip()  # the note: the tool's reply to turn 0
+        if turn == 1:
+            return f'[get_stock(item="{item}")]'
+        if turn == 2:
+            return _change(item, q1 if int(result) < CONDITIONAL_THRESHOLD else -q2)
+        return "[finish()]"
     a = next(iter(task.inventory))
     if task.level in (1, 3):
         if turn == 0:
@@ -273,9 +389,102 @@ def oracle_response(task: Task, messages: list[dict[str, str]]) -> str:
     if task.level == 2:
         return f'[finish(answer="{messages[-1]["content"].strip()}")]'
     if turn == 1:
-        delta = task.target[a] - task.inventory[a]
-        return f'[add_item(item="{a}", qty={delta})]' if delta > 0 else f'[remove_item(item="{a}", qty={-delta})]'
+        return _change(a, task.target[a] - task.inventory[a])
     return "[finish()]"
+
+
+def _quantities(request: str) -> tuple[int, int]:
+    """The quantities a request names to add and to remove (0 where it names none)."""
+    import re
+
+    add = re.search(r"[Aa]dd (\d+)", request)
+    remove = re.search(r"[Rr]emove (\d+)", request)
+    return int(add.group(1)) if add else 0, int(remove.group(1)) if remove else 0
+
+
+def blind_policies(level: int) -> dict[str, Any]:
+    """Policies that never read a tool result, by name: each maps a task's request to its
+    fixed responses (one per turn). A policy names its items itself, since the requests of
+    levels 5-7 name none; the best of them is a level's blind baseline.
+
+    Returns ``{name: callable(request) -> list of responses}``."""
+    policies = {}
+    for item in ITEMS:
+        if level in (5, 6):
+            policies[f"add to {item}"] = lambda request, item=item: [
+                f'[add_item(item="{item}", qty={_quantities(request)[0]})]', "[finish()]"]
+        elif level == 7:
+            policies[f"add to {item}"] = lambda request, item=item: [
+                f'[add_item(item="{item}", qty={_quantities(request)[0]})]', "[finish()]"]
+            policies[f"remove from {item}"] = lambda request, item=item: [
+                f'[remove_item(item="{item}", qty={_quantities(request)[1]})]', "[finish()]"]
+    if level == 2:
+        for units in range(2, 10):
+            policies[f"answer {units}"] = lambda request, units=units: [f'[finish(answer="{units}")]']
+    if level == 4:
+        import re
+
+        def branch(request, add):
+            item = re.search(r"fewer than \d+ (\w+)s,", request).group(1)
+            q1, q2 = [int(n) for n in re.findall(r"(?:add|remove) (\d+)", request)]
+            return [_change(item, q1 if add else -q2), "[finish()]"]
+
+        policies["always add"] = lambda request: branch(request, True)
+        policies["always remove"] = lambda request: branch(request, False)
+    return policies
+
+
+def play(task_id: int, respond, *, levels: tuple[int, ...], max_turns: int) -> float:
+    """Success of one episode of task ``task_id`` played by ``respond(task, messages, turn)``."""
+    e = raw_env(max_turns=max_turns, levels=levels)
+    e.reset(options={"task_id": task_id})
+    turn = 0
+    while e.agents and not e.terminations[e.agent_selection]:
+        e.step(respond(e.task, e.messages, turn))
+        turn += 1
+    return float(e.infos[e.possible_agents[0]]["success"])
+
+
+def reference_success(split_ids, *, levels: tuple[int, ...], max_turns: int = 3, seed: int = 0) -> dict[int, dict[str, float]]:
+    """Per level, the success of three reference policies over ``split_ids``: ``oracle``, the
+    best ``blind`` policy (``blind_policies``; ``blind_policy`` names it) and ``random`` (each
+    turn a uniformly random valid call: a function of the configured levels, an item of the
+    task's inventory, a quantity of 1-5)."""
+    rng = np.random.default_rng(seed)
+    tasks = [make_task(i, levels) for i in split_ids]
+    by_level: dict[int, list[Task]] = {}
+    for task in tasks:
+        by_level.setdefault(task.level, []).append(task)
+    functions = functions_for(levels)
+    out = {}
+    for level, level_tasks in sorted(by_level.items()):
+        ids = [t.task_id for t in level_tasks]
+        oracle = np.mean([play(i, lambda task, messages, turn: oracle_response(task, messages), levels=levels,
+                               max_turns=max_turns) for i in ids])
+
+        def random_call(task, messages, turn):
+            name = functions[int(rng.integers(len(functions)))]
+            item = list(task.inventory)[int(rng.integers(4))]
+            args = {"get_stock": f'item="{item}"', "add_item": f'item="{item}", qty={int(rng.integers(1, 6))}',
+                    "remove_item": f'item="{item}", qty={int(rng.integers(1, 6))}'}.get(name, "")
+            return f"[{name}({args})]"
+
+        random_success = np.mean([play(i, random_call, levels=levels, max_turns=max_turns) for i in ids])
+        blind = {}
+        candidates = blind_policies(level) or {"oracle's first call list": None}
+        for name, policy in candidates.items():
+            if policy is None:  # levels 1 and 3 need no tool result: the oracle is blind
+                blind[name] = oracle
+                continue
+            blind[name] = np.mean([
+                play(i, lambda task, messages, turn, policy=policy: policy(task.request)[min(turn, len(policy(task.request)) - 1)],
+                     levels=levels, max_turns=max_turns)
+                for i in ids
+            ])
+        best = max(blind, key=blind.get)
+        out[level] = {"tasks": len(ids), "oracle": float(oracle), "blind": float(blind[best]), "blind_policy": best,
+                      "random": float(random_success)}
+    return out
 
 
 def env(**config: Any) -> raw_env:
