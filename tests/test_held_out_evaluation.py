@@ -57,6 +57,8 @@ def test_yaml_evaluation_maps_onto_rllibs_evaluation_config():
     # The same wiring for RLlib's PPO, and the sweep ranks its trials on held-out success.
     assert isinstance(build_config(load_experiment(PPO_JOB)).custom_evaluation_function, HeldOutEvaluation)
     assert load_experiment(SWEEP).metric == "evaluation/success_rate"
+    # A sweep chooses on validation; the test split is kept for the report of the choice.
+    assert load_experiment(SWEEP).evaluation["split"] == "validation"
     assert load_experiment(MAIN_JOB).metric == "evaluation/success_rate"  # the default with `evaluation:`
 
 
