@@ -81,29 +81,11 @@ Tool: 4
 Assistant: [finish(answer="4")]"""
 
 
-# A worked example per function of levels 5-7: a tool result used by the next call. They show
-# the pattern, not the level's request (a "remove" and a "most" where the levels ask "add" and
-# "fewest"): without them SmolLM2 never called read_note or list_stock, and RL had nothing
-# but lucky guesses to learn from (docs/RESULTS.md, the pilot of the dependent levels).
-FUNCTION_EXAMPLES = {
-    "read_note": """User: Remove 1 of the item named on the note.
-Assistant: [read_note()]
-Tool: plum
-Assistant: [remove_item(item="plum", qty=1)]""",
-    "list_stock": """User: Remove 2 from the item with the most units in stock.
-Assistant: [list_stock()]
-Tool: plum: 6, kiwi: 3
-Assistant: [remove_item(item="plum", qty=2)]""",
-}
-
-
 def system_prompt(levels: tuple[int, ...] = (1, 2, 3, 4)) -> str:
-    """Compact docs and worked examples: short prompts keep CPU rollouts cheap, and a small
-    model needs the examples to answer in call syntax at all."""
-    functions = functions_for(levels)
-    docs = "\n".join(f"{name}({', '.join(FUNCTIONS[name][0])}): {FUNCTIONS[name][1]}" for name in functions)
-    examples = "\n".join([EXAMPLES, *(FUNCTION_EXAMPLES[name] for name in functions if name in FUNCTION_EXAMPLES)])
-    return f"Functions:\n{docs}\nReply with a call list like [f(a=1)]; call finish() when done.\n{examples}"
+    """Compact docs and two worked examples: short prompts keep CPU rollouts cheap, and a
+    small model needs the examples to answer in call syntax at all."""
+    docs = "\n".join(f"{name}({', '.join(FUNCTIONS[name][0])}): {FUNCTIONS[name][1]}" for name in functions_for(levels))
+    return f"Functions:\n{docs}\nReply with a call list like [f(a=1)]; call finish() when done.\n{EXAMPLES}"
 
 
 @dataclasses.dataclass(frozen=True)
