@@ -14,7 +14,7 @@ from ray.rllib.utils.typing import ModuleID, ParamDict
 
 from rllib_seeupo import objectives
 from rllib_seeupo.batching import consecutive_slices
-from rllib_seeupo.modules.api import RESPONSE_ENTROPY, RESPONSE_LOGP, RESPONSE_MASK
+from rllib_seeupo.columns import PROMPT_MASK, RESPONSE_ENTROPY, RESPONSE_LOGP, RESPONSE_MASK
 
 # Columns the algorithm adds to each turn's batch.
 ADVANTAGES = "advantages"  # (B,)
@@ -22,7 +22,6 @@ COMPOUND_FACTOR = "compound_factor"  # (B,) M of the row's rollout
 OLD_LOGP = "old_logp"  # (B, L) log pi_old of the response tokens
 TURN = "turn"  # (B,) turn index k of each row
 MINIBATCH_ROWS = "minibatch_rows"  # (B,) rows with a response in the whole minibatch, all learners' shards
-PROMPT_MASK = "prompt_mask"  # (B, P) in an LLM module's batch: True at real prompt tokens
 
 
 def turn_metrics_key(turns: torch.Tensor | np.ndarray) -> str:

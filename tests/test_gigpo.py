@@ -125,6 +125,7 @@ def test_gigpo_trains_the_llm_on_the_embedded_env(ray_session, tiny_model):
         after = {n: p.detach().clone() for n, p in module.named_parameters() if "lora_" in n}
         assert any(not torch.equal(before[n], after[n]) for n in before)
         assert result["learners"][SHARED_MODULE_ID]["all_turns"]["rows"] > 0
-        assert result["rollouts"]["anchor_groups"] >= 2  # turn 0 of each task at least
+        # The two rollouts of a task start from the same chat: their turn 0 shares an anchor.
+        assert result["rollouts"]["anchor_groups"] >= 2 and result["rollouts"]["shared_anchor_rows"] > 0
     finally:
         algo.stop()
