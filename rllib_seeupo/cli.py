@@ -382,11 +382,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # Build the env first (once, not reset): a wrong env or env setting fails before a model loads.
     env = check_env(f"seeupo/{name}", env_config, where="--env-config")
     try:
-        task_ids = list(env.unwrapped.task_ids(args.split))
+        task_ids = env.unwrapped.task_ids(args.split)
     except (ValueError, KeyError, OSError) as error:
         raise ConfigError(f"--split {args.split!r}: {error}") from None
-    if args.episodes is not None:
-        task_ids = task_ids[: args.episodes]
+    # Sliced before listed: a split may be a lazy sequence (tool_tasks' train split).
+    task_ids = list(task_ids[: args.episodes] if args.episodes is not None else task_ids)
     if not task_ids:
         raise ConfigError(f"no tasks in split {args.split!r} of {args.env}")
 

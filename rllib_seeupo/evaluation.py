@@ -344,7 +344,7 @@ class HeldOutEvaluation:
         if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
             raise ValueError(f"held-out evaluation: evaluation_duration is the number of test tasks, got {num_tasks!r}")
         name, env_config = self.env(algorithm)
-        return list(make_turn_env(name, env_config).task_ids(self.split))[:num_tasks]
+        return list(make_turn_env(name, env_config).task_ids(self.split)[:num_tasks])
 
     def measure(self, algorithm, label: str) -> tuple[dict[str, Any], int]:
         """Plays the tasks; returns ``result_metrics`` (with ``at_env_steps``, ``num_tasks``

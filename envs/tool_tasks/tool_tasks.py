@@ -160,7 +160,9 @@ class TrainTaskIds:
     def __len__(self) -> int:
         return TEST_OFFSET
 
-    def __getitem__(self, index: int) -> int:
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         if not 0 <= index < TEST_OFFSET:
             raise IndexError(index)
         task_id = int(index)
