@@ -13,6 +13,7 @@ raises the surrogate, run until it stalls or for a fixed number of steps.
 """
 
 import numpy as np
+import pytest
 import torch
 
 from envs.bandit import make_instance
@@ -116,8 +117,10 @@ def _run(order, iterations=30, num_instances=20):
     return torch.stack(history), optimum, logits, (seqs, states, rewards), instances
 
 
-def test_exact_reverse_order_update_never_decreases_J():
-    history, optimum, *_ = _run("reverse")
+@pytest.mark.parametrize("num_instances", [12, pytest.param(20, marks=pytest.mark.slow)])
+def test_exact_reverse_order_update_never_decreases_J(num_instances):
+    # 12 random instances in the default suite (21 s), all 20 with -m slow (40 s).
+    history, optimum, *_ = _run("reverse", num_instances=num_instances)
     steps = history[1:] - history[:-1]  # (iterations, instances)
     assert steps.min() >= -1e-12, f"J decreased by {-steps.min():.3g}"
     # The update really moves: J climbs to the optimum on these random instances.
