@@ -36,6 +36,7 @@ items and numbers: the held-out splits measure new numbers and items of a seen f
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import gymnasium
@@ -397,8 +398,6 @@ def oracle_response(task: Task, messages: list[dict[str, str]]) -> str:
 
 def _quantities(request: str) -> tuple[int, int]:
     """The quantities a request names to add and to remove (0 where it names none)."""
-    import re
-
     add = re.search(r"[Aa]dd (\d+)", request)
     remove = re.search(r"[Rr]emove (\d+)", request)
     return int(add.group(1)) if add else 0, int(remove.group(1)) if remove else 0
@@ -424,8 +423,6 @@ def blind_policies(level: int) -> dict[str, Any]:
         for units in range(2, 10):
             policies[f"answer {units}"] = lambda request, units=units: [f'[finish(answer="{units}")]']
     if level == 4:
-        import re
-
         def branch(request, add):
             item = re.search(r"fewer than \d+ (\w+)s,", request).group(1)
             q1, q2 = [int(n) for n in re.findall(r"(?:add|remove) (\d+)", request)]
