@@ -9,7 +9,7 @@ exact J/J* after the update is reported too.
 
     python benchmarks/drift.py --example bandit_shared_seeupo --set minibatch_size=16 --set num_epochs_per_turn=2
     python benchmarks/drift.py --example tool_tasks_seeupo_smollm2 --model tiny
-    python benchmarks/drift.py --schedule "mine=old_policy=rollout,compound_ratio=cumulative"
+    python benchmarks/drift.py --schedule "mine=old_policy=rollout,compound_factor=cumulative"
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 _CLAMP = ["advantage_norm=batch", "advantage_clip_mode=clamp", "skip_zero_advantage_updates=false"]
 SCHEDULES = {
     # name -> overrides on top of the tuned example
-    "released": ["old_policy=current", "compound_ratio=stepwise", *_CLAMP],
-    "rollout_cumulative": ["old_policy=rollout", "compound_ratio=cumulative", *_CLAMP],
-    "default": ["advantage_norm=group_std", "old_policy=rollout", "compound_ratio=cumulative",
+    "released": ["old_policy=current", "compound_factor=stepwise", *_CLAMP],
+    "rollout_cumulative": ["old_policy=rollout", "compound_factor=cumulative", *_CLAMP],
+    "default": ["advantage_norm=group_std", "old_policy=rollout", "compound_factor=cumulative",
                 "skip_zero_advantage_updates=true"],
     "parallel": ["update_order=parallel", *_CLAMP],
-    "forward": ["update_order=forward", "old_policy=current", "compound_ratio=stepwise", *_CLAMP],
+    "forward": ["update_order=forward", "old_policy=current", "compound_factor=stepwise", *_CLAMP],
 }
 
 

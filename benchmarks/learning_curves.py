@@ -90,7 +90,7 @@ def curve_of(records: list[dict[str, float]], metric: str) -> tuple[list[list[fl
 # with every run: a finished run counts only while today's code resolves them the same way.
 UPDATE_RULE = (
     "update_order", "advantage_norm", "advantage_clip", "advantage_clip_mode", "ratio_level", "clip_param",
-    "compound_ratio", "old_policy", "skip_zero_advantage_updates", "turn_optimizer_state", "turn_target_kl",
+    "compound_factor", "old_policy", "skip_zero_advantage_updates",
     "num_epochs_per_turn", "minibatch_size", "lr",
 )
 

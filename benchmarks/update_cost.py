@@ -6,7 +6,7 @@ saved learner state (weights and optimizer) each time:
 
 - ``reverse``: one learner update per turn (T-1 ... 0), pi_old taken from each update's own
   forward pass, and after each turn but the last a no-grad pass over that turn's rows for
-  HAPPO's compound factor M (SeeUPO, DESIGN.md section 3);
+  HAPPO's compound factor M (SeeUPO, docs/design.md section 1.4);
 - ``parallel``: every turn's rows in one learner update (the GRPO/GSPO schedule).
 
 Reports the median seconds of each (>= 5 interleaved repeats after one warm-up each), where

@@ -1,6 +1,7 @@
 """rllib-seeupo: SeeUPO (arXiv 2602.06554) as a Ray RLlib algorithm.
 
-Importing the package registers the ``seeupo/<name>`` envs and the algorithms with Tune,
+Importing the package registers the built-in ``seeupo/<name>`` envs and the algorithms with Tune
+(``register_turn_env`` adds your own env),
 so ``tune.Tuner("SeeUPO", ...)`` works by name.
 
 On a machine without Ray only the Ray-free compute core can be imported
@@ -13,6 +14,10 @@ if importlib.util.find_spec("ray") is None:
     __all__: list[str] = []
 else:
     from ray.tune.registry import register_trainable
+
+    from rllib_seeupo import notices
+
+    notices.install()
 
     from rllib_seeupo.algorithm import SeeUPO
     from rllib_seeupo.config import SeeUPOConfig
@@ -31,7 +36,7 @@ else:
         RLOOConfig,
         ppo_config,
     )
-    from rllib_seeupo.turn_env import SHARED_MODULE_ID, register_envs
+    from rllib_seeupo.turn_env import SHARED_MODULE_ID, register_envs, register_turn_env
 
     register_envs()
     for _name, _cls in ALGORITHMS.items():
@@ -44,8 +49,8 @@ else:
         "GRPOConfig",
         "GSPO",
         "GSPOConfig",
-    "GiGPO",
-    "GiGPOConfig",
+        "GiGPO",
+        "GiGPOConfig",
         "HeldOutEvaluation",
         "RLOO",
         "RLOOConfig",
@@ -53,5 +58,6 @@ else:
         "SeeUPO",
         "SeeUPOConfig",
         "held_out_evaluation",
+        "register_turn_env",
         "ppo_config",
     ]

@@ -30,6 +30,7 @@ from rllib_seeupo.experiment import (
     validate_experiment,
 )
 from rllib_seeupo.reporting import (
+    BudgetStop,
     RunRecorder,
     missing_stop_keys,
     plot_learning_curve,
@@ -212,7 +213,8 @@ def train_with_tune(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
         run_config=tune.RunConfig(
             name=experiment.name,
             storage_path=str(out_dir.resolve()),
-            stop=experiment.stop or {"training_iteration": 1},
+            # The in-process run's stop rule (the record's keys, e.g. env_steps, and '/' nesting).
+            stop=BudgetStop(experiment.stop or {"training_iteration": 1}),
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=experiment.checkpoint_freq, checkpoint_at_end=True
             ),
@@ -255,18 +257,7 @@ def train_with_tune(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     }
 
 
-class _NewApiStackNotice(logging.Filter):
-    """Drops RLlib's "You are running X on the new API stack!" notice: every algorithm
-    here runs on it, and the notice would precede a one-line error of the checks."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "on the new API stack!" not in record.getMessage()
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    notice = logging.getLogger("ray.rllib.algorithms.algorithm_config")
-    if not any(isinstance(f, _NewApiStackNotice) for f in notice.filters):
-        notice.addFilter(_NewApiStackNotice())
     experiment = load_experiment(args.file, args.set or [])
     if args.stop_iters is not None:
         experiment.stop["training_iteration"] = args.stop_iters
@@ -281,21 +272,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print_dry_run(experiment, config)
         return 0
     use_tune = not args.no_tune or experiment.has_search_space()
-    if use_tune and experiment.evaluation and evaluation_settings(experiment)["interval"] is None:
-        raise ConfigError(
-            f"{args.file}: evaluation needs an 'interval' in a Tune run whose stop has no training_iteration "
-            "(a trial cannot tell which iteration is its last); set evaluation.interval or use --no-tune"
-        )
     if args.no_tune and experiment.has_search_space():
         print("note: the experiment has a search space, so it runs through Tune", file=sys.stderr)
-    interval = evaluation_settings(experiment)["interval"] if experiment.evaluation else None
-    last = experiment.stop.get("training_iteration")
-    if use_tune and interval and isinstance(last, int) and last < interval:
-        raise ConfigError(f"{args.file}: evaluation.interval {interval} is past stop.training_iteration {last}: "
-                          "a Tune trial would evaluate no iteration")
-    if use_tune and interval and isinstance(last, int) and last % interval:
-        print(f"note: evaluation.interval {interval} does not divide stop.training_iteration {last}: the held-out "
-              f"figures after training are those of iteration {last - last % interval}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{experiment.run} on {experiment.env}: {experiment.name} -> {out_dir}", flush=True)
     run = train_with_tune(experiment, out_dir) if use_tune else train_in_process(experiment, out_dir)

@@ -8,15 +8,13 @@ from typing import TYPE_CHECKING
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from rllib_seeupo.objectives import AdvantageClip, AdvantageNorm, CompoundRatio, RatioLevel, UpdateOrder
+from rllib_seeupo.objectives import AdvantageClip, AdvantageNorm, CompoundFactor, RatioLevel, UpdateOrder
 from rllib_seeupo.turn_env import SHARED_MODULE_ID, shared_module_mapping
 
 if TYPE_CHECKING:
     from ray.rllib.core.learner.learner import Learner
 
 OLD_POLICY_SOURCES = ("current", "rollout")
-# What happens to the optimizer's state (Adam's moments) between turn updates.
-TURN_OPTIMIZER_STATES = ("shared", "reset_first_moment", "per_turn")
 
 
 class SeeUPOConfig(AlgorithmConfig):
@@ -39,28 +37,28 @@ class SeeUPOConfig(AlgorithmConfig):
         from rllib_seeupo.algorithm import SeeUPO
 
         super().__init__(algo_class=algo_class or SeeUPO)
-        # SeeUPO defaults (DESIGN.md section 3).
+        # SeeUPO defaults (docs/design.md section 1).
         self.group_size = 8
         self.tasks_per_iteration = 8
         self.update_order = UpdateOrder.REVERSE.value
         # GRPO's per-group std, not the paper's one batch-wide scale: under that scale a
         # nearly solved task's group (7 of 8 right) pushes 0.44 times as hard as a half-solved
         # one's (0.66 with the group std), and on shared LLM weights the rare kind of task was
-        # forgotten (docs/RESULTS.md 4f: 0 collapses in 5 seeds against 1; on 4b's one-context
+        # forgotten (docs/RESULTS.md section 2: 0 collapses in 5 seeds against 1; on 4b's one-context
         # shared-weight bandit, where a batch is one group, the two end the same on all 40
         # seeds; with 8 contexts the batch scale is ahead by 0.030 +- 0.020, 4g). It gives up
         # the batch scale's place in the paper's improvement argument.
         self.advantage_norm = AdvantageNorm.GROUP_STD.value
         self.advantage_clip = 3.0
         # One LLM serves every turn, so a turn's update also moves the others' responses
-        # (docs/RESULTS.md section 4): a zero-sum clip, every turn anchored at the rollout
+        # (docs/design.md section 1.4): a zero-sum clip, every turn anchored at the rollout
         # policy with the joint (cumulative) compound factor, and no step without signal.
         # `tuned_examples/*_seeupo_release*.yaml` has the release's rule (clamp, current,
         # stepwise, a step every turn).
         self.advantage_clip_mode = AdvantageClip.SCALE_GROUP.value
         self.ratio_level = RatioLevel.SEQUENCE.value
         self.clip_param = 0.2
-        self.compound_ratio = CompoundRatio.CUMULATIVE.value
+        self.compound_factor = CompoundFactor.CUMULATIVE.value
         self.compound_clip = 0.2
         self.kl_coeff = 0.002
         self.entropy_coeff = 0.0
@@ -72,8 +70,6 @@ class SeeUPOConfig(AlgorithmConfig):
         self.old_policy = "rollout"
         self.max_turns = None
         self.skip_zero_advantage_updates = True
-        self.turn_optimizer_state = "shared"
-        self.turn_target_kl = None
         self.lr = 1e-5
         self.shuffle_batch_per_epoch = True
         # Rollouts: whole episodes, one shared module for every turn agent.
@@ -98,7 +94,7 @@ class SeeUPOConfig(AlgorithmConfig):
         advantage_clip_mode: str = NotProvided,
         ratio_level: str = NotProvided,
         clip_param: float = NotProvided,
-        compound_ratio: str = NotProvided,
+        compound_factor: str = NotProvided,
         compound_clip: float = NotProvided,
         kl_coeff: float = NotProvided,
         entropy_coeff: float = NotProvided,
@@ -106,8 +102,6 @@ class SeeUPOConfig(AlgorithmConfig):
         old_policy: str = NotProvided,
         max_turns: int | None = NotProvided,
         skip_zero_advantage_updates: bool = NotProvided,
-        turn_optimizer_state: str = NotProvided,
-        turn_target_kl: float | None = NotProvided,
         micro_batch_tokens: int | None = NotProvided,
         step_advantage_weight: float = NotProvided,
         step_discount: float = NotProvided,
@@ -125,7 +119,7 @@ class SeeUPOConfig(AlgorithmConfig):
                 ``parallel`` (every turn in one update, as GRPO/GSPO).
             advantage_norm: ``group_std`` (the default: each group's rewards over their
                 std, as GRPO; one batch scale let a nearly solved kind of task be forgotten,
-                docs/RESULTS.md 4f), ``batch`` (one std over the batch, then clip: the
+                docs/RESULTS.md section 2), ``batch`` (one std over the batch, then clip: the
                 paper's and the release's), ``none`` or ``leave_one_out`` (RLOO).
             advantage_clip: Bound c of ``batch`` advantages (the other norms are not
                 clipped); None disables the clip.
@@ -134,7 +128,7 @@ class SeeUPOConfig(AlgorithmConfig):
                 advantages still sum to zero).
             ratio_level: ``sequence`` (GSPO's geometric-mean ratio) or ``token``.
             clip_param: PPO clip range eps of the ratio.
-            compound_ratio: ``stepwise`` (HAPPO's factor M: the product of each updated
+            compound_factor: ``stepwise`` (HAPPO's factor M: the product of each updated
                 turn's ratio change around its own update), ``cumulative`` (the joint ratio
                 of the turns updated so far, current weights against the rollout policy) or
                 ``none``. Either factor is built from GSPO's length-normalised sequence
@@ -151,12 +145,6 @@ class SeeUPOConfig(AlgorithmConfig):
             skip_zero_advantage_updates: Skip a turn update whose advantages are all zero
                 and whose loss has no KL or entropy term (no signal): no optimizer step, so
                 Adam's carried moments cannot move the weights either.
-            turn_optimizer_state: ``shared`` (one optimizer state across all turn updates),
-                ``reset_first_moment`` (Adam's first moment zeroed before every turn update)
-                or ``per_turn`` (one optimizer state per turn; not saved in checkpoints).
-            turn_target_kl: Stop a turn's update (no further minibatch steps) once the k3 KL
-                of the current policy from pi_old, measured on a minibatch before its step,
-                exceeds this. None: never.
             micro_batch_tokens: The most prompt + response tokens one forward/backward
                 pass of the learner holds: each minibatch (one optimizer step) is run in
                 micro-batches of consecutive rows within this budget, whose gradients
@@ -180,7 +168,7 @@ class SeeUPOConfig(AlgorithmConfig):
             advantage_clip=advantage_clip,
             ratio_level=ratio_level,
             clip_param=clip_param,
-            compound_ratio=compound_ratio,
+            compound_factor=compound_factor,
             compound_clip=compound_clip,
             kl_coeff=kl_coeff,
             entropy_coeff=entropy_coeff,
@@ -189,8 +177,6 @@ class SeeUPOConfig(AlgorithmConfig):
             max_turns=max_turns,
             advantage_clip_mode=advantage_clip_mode,
             skip_zero_advantage_updates=skip_zero_advantage_updates,
-            turn_optimizer_state=turn_optimizer_state,
-            turn_target_kl=turn_target_kl,
             micro_batch_tokens=micro_batch_tokens,
             step_advantage_weight=step_advantage_weight,
             step_discount=step_discount,
@@ -211,7 +197,7 @@ class SeeUPOConfig(AlgorithmConfig):
             ("update_order", UpdateOrder),
             ("advantage_norm", AdvantageNorm),
             ("ratio_level", RatioLevel),
-            ("compound_ratio", CompoundRatio),
+            ("compound_factor", CompoundFactor),
             ("advantage_clip_mode", AdvantageClip),
         ):
             allowed = [e.value for e in enum_cls]
@@ -239,14 +225,8 @@ class SeeUPOConfig(AlgorithmConfig):
                 fail(field, "must be a finite number" + (" >= 0" if field == "kl_coeff" else ""))
         if self.old_policy not in OLD_POLICY_SOURCES:
             fail("old_policy", f"must be one of {list(OLD_POLICY_SOURCES)}")
-        if self.turn_optimizer_state not in TURN_OPTIMIZER_STATES:
-            fail("turn_optimizer_state", f"must be one of {list(TURN_OPTIMIZER_STATES)}")
         if not isinstance(self.skip_zero_advantage_updates, bool):
             fail("skip_zero_advantage_updates", "must be true or false")
-        if self.turn_target_kl is not None and not (
-            isinstance(self.turn_target_kl, (int, float)) and self.turn_target_kl > 0
-        ):
-            fail("turn_target_kl", "must be a number > 0 or None")
         if self.max_turns is not None and (not isinstance(self.max_turns, int) or self.max_turns < 1):
             fail("max_turns", "must be an integer >= 1 or None")
         if self.minibatch_size is not None and (not isinstance(self.minibatch_size, int) or self.minibatch_size < 1):

@@ -309,10 +309,14 @@ class HeldOutEvaluation:
     there), with ``at_env_steps``. With ``config.seed`` a sampled evaluation draws the same
     random numbers at every evaluation. ``before``: ``measure_before_training`` (an
     ``on_algorithm_init`` callback) measures the policy once when the algorithm is built.
+    ``at_stop``: a stop budget (Tune's ``stop`` dict, e.g. ``{"env_steps": 600}``);
+    ``evaluate_at_stop`` (an ``on_train_result`` callback) measures the policy in the result
+    that reaches it, unless that iteration was evaluated already: a Tune trial and an
+    in-process run both end with the figures of the trained policy.
     Use ``held_out_evaluation`` to set all of it on a config."""
 
     def __init__(self, *, split: str = "test", k: int = 1, batch_size: int = 64, sample: bool = False,
-                 before: bool = True, progress: bool = True):
+                 before: bool = True, progress: bool = True, at_stop: dict[str, Any] | None = None):
         for name, value in (("k", k), ("batch_size", batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"HeldOutEvaluation: {name} must be an integer >= 1, got {value!r}")
@@ -320,6 +324,7 @@ class HeldOutEvaluation:
             raise ValueError(f"HeldOutEvaluation: split must be a split name, got {split!r}")
         self.split, self.k, self.batch_size = split, k, batch_size
         self.sample, self.before, self.progress = bool(sample), bool(before), bool(progress)
+        self.at_stop = dict(at_stop) if at_stop else None
 
     def __repr__(self) -> str:
         return (f"HeldOutEvaluation(split={self.split!r}, k={self.k}, batch_size={self.batch_size}, "
@@ -394,6 +399,23 @@ def measure_before_training(*, algorithm, metrics_logger=None, **kwargs) -> None
         log_evaluation(algorithm, metrics, EVALUATION_BEFORE)
 
 
+def evaluate_at_stop(*, algorithm, result, metrics_logger=None, **kwargs) -> None:
+    """``on_train_result``: with a ``HeldOutEvaluation(at_stop=...)``, measures the policy in
+    the result that reaches the stop budget (its last), unless this iteration was measured."""
+    from rllib_seeupo.reporting import iteration_record, should_stop
+
+    evaluation = algorithm.config.custom_evaluation_function
+    if not isinstance(evaluation, HeldOutEvaluation) or not evaluation.at_stop:
+        return
+    record = iteration_record(result)
+    if not should_stop(record, result, evaluation.at_stop):
+        return
+    measured = result.get("evaluation") or {}
+    if "success_rate" in measured and measured.get(MEASURED_AT) == record.get("env_steps"):
+        return  # evaluated in this iteration (its interval)
+    result["evaluation"] = algorithm.evaluate()
+
+
 def held_out_evaluation(
     config,
     *,
@@ -405,6 +427,7 @@ def held_out_evaluation(
     sample: bool = False,
     before: bool = True,
     progress: bool = True,
+    at_stop: dict[str, Any] | None = None,
 ):
     """Sets held-out evaluation on any new-stack ``AlgorithmConfig`` of a ``seeupo/<name>``
     env (``SeeUPOConfig``, the presets, ``ppo_config``'s ``PPOConfig``); returns ``config``.
@@ -420,7 +443,7 @@ def held_out_evaluation(
         num_tasks: ``evaluation_duration``: the first ``num_tasks`` tasks of ``split``.
         interval: ``evaluation_interval``: evaluate after every ``interval``-th training
             iteration; None: only through ``algo.evaluate()``.
-        split, k, batch_size, sample, before, progress: see ``HeldOutEvaluation``.
+        split, k, batch_size, sample, before, progress, at_stop: see ``HeldOutEvaluation``.
 
     The evaluation config's own ``evaluation_interval`` is set to None so that RLlib builds
     no evaluation env runners (each would hold one more copy of the model): RLlib then
@@ -428,7 +451,8 @@ def held_out_evaluation(
     tasks with that runner's module, in the algorithm's process."""
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
-    evaluation = HeldOutEvaluation(split=split, k=k, batch_size=batch_size, sample=sample, before=before, progress=progress)
+    evaluation = HeldOutEvaluation(split=split, k=k, batch_size=batch_size, sample=sample, before=before, progress=progress,
+                                   at_stop=at_stop)
     overrides = config.evaluation_config
     if isinstance(overrides, AlgorithmConfig):
         raise ValueError("held_out_evaluation needs evaluation_config as a dict of overrides, not an AlgorithmConfig")
@@ -440,9 +464,14 @@ def held_out_evaluation(
         custom_evaluation_function=evaluation,
         evaluation_config=overrides,
     )
-    hooks = [h for h in (config.callbacks_on_algorithm_init if isinstance(config.callbacks_on_algorithm_init, (list, tuple))
-                         else [config.callbacks_on_algorithm_init]) if h is not None]
-    if measure_before_training not in hooks:
-        hooks.append(measure_before_training)
-    config.callbacks(on_algorithm_init=hooks[0] if len(hooks) == 1 else hooks)
+    config.callbacks(on_algorithm_init=_with_hook(config.callbacks_on_algorithm_init, measure_before_training),
+                     on_train_result=_with_hook(config.callbacks_on_train_result, evaluate_at_stop))
     return config
+
+
+def _with_hook(current, hook):
+    """A config's callback setting (None, one function or a list) with ``hook`` added once."""
+    hooks = [h for h in (current if isinstance(current, (list, tuple)) else [current]) if h is not None]
+    if hook not in hooks:
+        hooks.append(hook)
+    return hooks[0] if len(hooks) == 1 else hooks

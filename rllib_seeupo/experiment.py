@@ -362,10 +362,12 @@ def check_stop(stop: dict[str, Any], where: str = "stop") -> None:
             raise ConfigError(f"{where}.{key} must be a number (training stops once the result reaches it), got {value!r}")
 
 
-def _env_parameters(module) -> list[str] | None:
-    """The settings ``envs.<name>.env(**config)`` accepts (its class's parameters when
-    ``env`` forwards ``**config``); None when they cannot be listed."""
-    for target in (module.env, getattr(module, "raw_env", None)):
+def _env_parameters(env_fn) -> list[str] | None:
+    """The settings ``env_fn(**config)`` accepts (its module's ``raw_env`` parameters when
+    ``env_fn`` forwards ``**config``, as PettingZoo's convention has it); None when they
+    cannot be listed."""
+    raw_env = getattr(inspect.getmodule(env_fn), "raw_env", None)
+    for target in (env_fn, raw_env):
         if target is None:
             continue
         try:
@@ -380,14 +382,14 @@ def _env_parameters(module) -> list[str] | None:
 def check_env(env: str, env_config: Any = None, *, where: str = "env_config", splits: dict[str, str] | None = None):
     """Check an env name and its settings before anything starts; returns the env.
 
-    A ``seeupo/<name>`` env is built once, here (``envs.<name>.env(**env_config)``, never
-    reset: no server or model is contacted), so an unknown name or setting fails in the
+    A ``seeupo/<name>`` env (``register_turn_env``) is built once, here (never reset: no
+    server or model is contacted), so an unknown name or setting fails in the
     driver, naming it; ``splits`` (label -> split) are checked to have tasks. Other names
     are RLlib's: a gymnasium id or a Tune-registered name (a namespaced ``ns/Name``,
     ``module:Name`` or dotted class path is passed on unchecked); returns None for them."""
-    from rllib_seeupo.turn_env import ENV_PACKAGES
+    from rllib_seeupo.turn_env import TURN_ENVS, resolve_env_fn
 
-    seeupo = [f"seeupo/{name}" for name in ENV_PACKAGES]
+    seeupo = [f"seeupo/{name}" for name in TURN_ENVS]
     if not isinstance(env_config or {}, dict):
         raise ConfigError(f"{where} must be a mapping of env settings, got {env_config!r}")
     env_config = dict(env_config or {})
@@ -397,15 +399,15 @@ def check_env(env: str, env_config: Any = None, *, where: str = "env_config", sp
 
         if env in gymnasium.registry or _global_registry.contains(ENV_CREATOR, env) or any(c in env for c in "/:."):
             return None
-        hint = f"; did you mean 'seeupo/{env}'?" if env in ENV_PACKAGES else ""
+        hint = f"; did you mean 'seeupo/{env}'?" if env in TURN_ENVS else ""
         raise ConfigError(
             f"unknown env {env!r}: not one of {', '.join(seeupo)}, a gymnasium id or a registered env{hint}"
         )
     name = env.removeprefix("seeupo/")
-    if name not in ENV_PACKAGES:
+    if name not in TURN_ENVS:
         raise ConfigError(f"unknown env {env!r}; allowed: {', '.join(seeupo)}")
-    module = importlib.import_module(f"envs.{name}")
-    allowed = _env_parameters(module)
+    env_fn = resolve_env_fn(TURN_ENVS[name])
+    allowed = _env_parameters(env_fn)
     unknown = [key for key in env_config if allowed is not None and key not in allowed]
     if unknown:
         keys = ", ".join(repr(k) for k in unknown)
@@ -413,7 +415,7 @@ def check_env(env: str, env_config: Any = None, *, where: str = "env_config", sp
             f"unknown {where} key{'s' if len(unknown) > 1 else ''} {keys} for {env}; allowed: {', '.join(allowed)}"
         )
     try:
-        built = module.env(**env_config)
+        built = env_fn(**env_config)
     except (TypeError, ValueError, KeyError, ImportError, OSError) as error:
         kind = "" if isinstance(error, (ValueError, ImportError)) else f"{type(error).__name__}: "
         raise ConfigError(f"{where} for {env}: {kind}{error}") from None
@@ -553,8 +555,9 @@ def evaluation_settings(experiment: Experiment) -> dict[str, Any]:
     """The ``held_out_evaluation`` arguments of the YAML ``evaluation:`` section, the same
     in Tune and in-process runs: ``split`` (default test), ``num_tasks`` (100), ``k`` (1),
     ``batch_size`` (64), ``before`` (true: measure the untrained policy too) and
-    ``interval`` (evaluate every N iterations; default: at ``stop.training_iteration``, the
-    last iteration, else only after training, which only an in-process run can tell)."""
+    ``interval`` (evaluate every N iterations; default: at ``stop.training_iteration``);
+    whatever the interval, the policy is also measured in the result that reaches the stop
+    budget (``at_stop``), in a Tune trial as in an in-process run."""
     spec = experiment.evaluation
     interval = spec.get("interval")
     last = experiment.stop.get("training_iteration")
@@ -567,6 +570,7 @@ def evaluation_settings(experiment: Experiment) -> dict[str, Any]:
         "k": int(spec.get("k", 1)),
         "batch_size": int(spec.get("batch_size", 64)),
         "before": bool(spec.get("before", True)),
+        "at_stop": dict(experiment.stop) or None,
     }
 
 

@@ -1,14 +1,12 @@
-"""SeeUPO's math as pure torch functions (DESIGN.md section 3), no Ray imports.
+"""SeeUPO's math as pure torch functions, no Ray imports (docs/design.md section 1).
 
 SeeUPO (Sequence-level Sequential Update Policy Optimization, arXiv 2602.06554) treats
 turn k of a T-turn episode as virtual agent k. Every turn of rollout i shares the
 rollout's reward R_i; advantages are group-relative over the n rollouts of one task
-(GRAE), in the paper scaled by one batch-wide std (``AdvantageNorm.BATCH``; with one LLM
-for every turn this package defaults to GRPO's per-group std, docs/RESULTS.md 4f, which
-gives up the batch scale's part in the improvement argument); the turns are updated one
-after another in reverse order (T-1 ... 0), each with a PPO-clip surrogate on the sequence-level
-(geometric-mean) ratio of GSPO, multiplied by HAPPO's compound factor M that carries
-the ratio change of the turns updated before it.
+(GRAE: ``group_relative_advantages``); the turns are updated one after another in reverse
+order (T-1 ... 0), each with a PPO-clip surrogate on GSPO's sequence-level (geometric-mean)
+ratio, multiplied by HAPPO's compound factor M that carries the ratio change of the turns
+updated before it (``policy_loss``, ``cumulative_compound_factor``).
 
 Shapes: ``N`` rollouts, ``B`` rows (one row = one turn of one rollout), ``L`` response
 tokens per row (padded; ``mask`` marks the real ones). A row whose mask is all False is a
@@ -26,9 +24,11 @@ import torch
 class AdvantageNorm(str, enum.Enum):
     """How group-centred rewards are scaled (``advantage_norm``)."""
 
-    BATCH = "batch"  # one std over the batch's rollouts, then clip: SeeUPO's default
+    BATCH = "batch"  # one std over the batch's rollouts, then clip: the paper's and its release's
     NONE = "none"  # plain group-centred reward (GRAE)
-    GROUP_STD = "group_std"  # GRPO (Shao et al. 2024); breaks the mirror-learning drift condition
+    # GRPO (Shao et al. 2024), SeeUPO's default here (docs/design.md section 1.3); it breaks
+    # the mirror-learning drift condition that one batch scale keeps.
+    GROUP_STD = "group_std"
     LEAVE_ONE_OUT = "leave_one_out"  # RLOO (Ahmadian et al. 2024)
 
 
@@ -44,7 +44,7 @@ class UpdateOrder(str, enum.Enum):
     PARALLEL = "parallel"  # all turns in one update: the GRPO/GSPO baseline
 
 
-class CompoundRatio(str, enum.Enum):
+class CompoundFactor(str, enum.Enum):
     STEPWISE = "stepwise"  # HAPPO's factor (Kuba et al. 2022), clipped at every step
     # The joint ratio of the turns updated before, current weights against the rollout
     # policy: under shared weights it also sees what later updates did to earlier turns.
@@ -55,10 +55,10 @@ class CompoundRatio(str, enum.Enum):
 class AdvantageClip(str, enum.Enum):
     """How ``batch`` advantages are bounded by ``clip`` (``advantage_clip_mode``)."""
 
-    CLAMP = "clamp"  # clamp each advantage: a rare success is cut, its failures are not
+    CLAMP = "clamp"  # clamp each advantage (the release): a rare success is cut, its failures are not
     # Scale each group whose largest |A| exceeds the bound down as a whole: every group's
     # advantages keep summing to zero (no net push on the sampled responses).
-    SCALE_GROUP = "scale_group"
+    SCALE_GROUP = "scale_group"  # SeeUPO's default
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -79,14 +79,14 @@ def group_relative_advantages(
     rewards: torch.Tensor,
     group_index: torch.Tensor,
     *,
-    norm: AdvantageNorm | str = AdvantageNorm.BATCH,
+    norm: AdvantageNorm | str = AdvantageNorm.GROUP_STD,
     clip: float | None = 3.0,
-    clip_mode: AdvantageClip | str = AdvantageClip.CLAMP,
+    clip_mode: AdvantageClip | str = AdvantageClip.SCALE_GROUP,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Group-relative advantages (GRAE) for N rollouts.
 
-    ``A~_i = R_i - mean_{j in G(i)} R_j``, then by ``norm``:
+    ``A~_i = R_i - mean_{j in G(i)} R_j``, then by ``norm`` (the defaults are SeeUPOConfig's):
     - ``batch``: ``A~ / (std over the batch's rollouts of A~ + eps)``, bounded by ``clip``.
       One positive scalar for the whole batch keeps the mirror-learning drift condition
       that a per-group std breaks (SeeUPO, section 4). ``clip_mode="clamp"`` clamps each

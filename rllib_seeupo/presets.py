@@ -1,5 +1,5 @@
 """The baselines, built from SeeUPO's own pieces so that comparisons are fair
-(DESIGN.md section 4). Each is a config class with other defaults plus an Algorithm class
+(docs/design.md section 1.6). Each is a config class with other defaults plus an Algorithm class
 registered with Tune under its name. RLlib's own PPO runs unmodified through
 ``ppo_config`` (``turn_agent_settings`` wires any RLlib algorithm to the turn agents)."""
 
@@ -27,7 +27,7 @@ class _ParallelBaselineConfig(SeeUPOConfig):
     def __init__(self, algo_class=None):
         super().__init__(algo_class=algo_class)
         self.update_order = "parallel"
-        self.compound_ratio = "none"
+        self.compound_factor = "none"
         self.old_policy = "current"
         self.skip_zero_advantage_updates = False
         self.advantage_clip_mode = "clamp"

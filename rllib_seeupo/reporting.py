@@ -184,6 +184,17 @@ def should_stop(record: dict[str, float], result: dict[str, Any], stop: dict[str
     return False
 
 
+class BudgetStop:
+    """Tune's ``stop`` as a callable with ``should_stop``'s rule, so that a Tune trial stops
+    where an in-process run does (on the record's keys such as ``env_steps`` too)."""
+
+    def __init__(self, stop: dict[str, Any]):
+        self.stop = dict(stop)
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return should_stop(iteration_record(result), result, self.stop)
+
+
 def missing_stop_keys(record: dict[str, float], result: dict[str, Any], stop: dict[str, Any]) -> list[str]:
     """The ``stop`` keys that name no number in this result (``should_stop`` never fires on them)."""
     missing = []
@@ -241,7 +252,8 @@ def plot_learning_curve(
 ) -> Path:
     """One panel per headline metric over env steps. Held-out success is drawn where it was
     measured (``evaluation/success_rate`` of the records, and ``evaluation["before"]`` at the
-    start) on the success panel, or on a panel of its own."""
+    start) on the success panel, or on a panel of its own; where the env reports groups
+    (levels, categories), a last panel draws held-out success per group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,14 +261,27 @@ def plot_learning_curve(
 
     held_out_key = "evaluation/success_rate"
     panels = [k for k in ("reward_mean", "optimality_ratio", "rollouts/success_rate") if any(k in r for r in records)]
+    if "reward_mean" in panels and "rollouts/success_rate" in panels and all(
+        r["reward_mean"] == r.get("rollouts/success_rate") for r in records if "reward_mean" in r
+    ):
+        panels.remove("reward_mean")  # the env's reward is its success: one curve, one panel
     panels = panels or ["episode_return_mean"]
     x_key = "env_steps" if records and all("env_steps" in r for r in records) else "iteration"
     held_out = _held_out_points(records, evaluation or {}, x_key, held_out_key)
     if held_out and "rollouts/success_rate" not in panels:
         panels.append(held_out_key)
+    group_by, groups = _held_out_group_points(records, evaluation or {}, x_key)
+    if groups:
+        panels.append(GROUPS_PANEL)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, key in zip(axes[0], panels):
-        if key != held_out_key:
+        if key == GROUPS_PANEL:
+            for name, points in groups.items():
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, "o-", label=f"{group_by} {name}")
+            ax.legend(loc="best", fontsize=8)
+            key = f"held-out success per {group_by}"
+        elif key != held_out_key:
             points = [(r[x_key], r[key]) for r in records if key in r]
             if points:
                 xs, ys = zip(*points)
@@ -275,6 +300,33 @@ def plot_learning_curve(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+GROUPS_PANEL = "held-out per group"
+
+
+def _held_out_group_points(records, evaluation: dict[str, dict], x_key: str) -> tuple[str, dict[str, list]]:
+    """``(group_by, {group: [(x, held-out success)]})`` where it was measured: the records'
+    ``evaluation/<group_by>/<group>/success_rate`` and the summary's before/after groups."""
+    import re
+
+    pattern = re.compile(r"evaluation/(category|level)/(.+)/success_rate")
+    points: dict[str, dict[float, float]] = {}
+    group_by = ""
+    for r in records:
+        for key, value in r.items():
+            match = pattern.fullmatch(key)
+            if match and x_key in r:
+                group_by = match.group(1)
+                points.setdefault(match.group(2), {})[r[x_key]] = value
+    for figures in evaluation.values():
+        if isinstance(figures, dict) and figures.get("groups") and _scalar(figures.get(x_key)) is not None:
+            group_by = group_by or figures.get("group_by", "group")
+            for name, group in figures["groups"].items():
+                if _scalar(group.get("success_rate")) is not None:
+                    points.setdefault(str(name), {}).setdefault(figures[x_key], group["success_rate"])
+    order = sorted(points, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
+    return group_by, {name: sorted(points[name].items()) for name in order}
 
 
 def _held_out_points(records, evaluation: dict[str, dict], x_key: str, key: str) -> list[tuple[float, float]]:

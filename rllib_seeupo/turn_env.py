@@ -1,15 +1,17 @@
-"""Glue between our PettingZoo turn-as-agent envs and RLlib.
+"""Glue between PettingZoo turn-as-agent envs and RLlib.
 
-``TurnAgentEnv`` is RLlib's ``PettingZooEnv`` plus two things SeeUPO needs: the reset infos
-(which carry ``task_id``) and a task queue, so that the algorithm can roll out each task
-``group_size`` times. Every env is registered under ``seeupo/<name>``.
+``register_turn_env(name, env_fn)`` makes an env usable as ``seeupo/<name>`` everywhere
+(RLlib, Tune, the command line, held-out evaluation); the built-in envs are registered
+through it. ``TurnAgentEnv`` is RLlib's ``PettingZooEnv`` plus two things SeeUPO needs: the
+reset infos (which carry ``task_id``) and a task queue, so that the algorithm can roll out
+each task ``group_size`` times. The protocol an env follows: docs/design.md section 4.1.
 """
 
 from __future__ import annotations
 
 import collections
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 from ray.rllib.env.wrappers.pettingzoo_env import PettingZooEnv
 from ray.tune.registry import register_env
@@ -18,8 +20,10 @@ SHARED_MODULE_ID = "shared_policy"
 # The action a policy returns for a turn whose prompt no longer fits its context window:
 # the episode then ends as truncated (never cut in the middle of a message).
 PROMPT_TOO_LONG = "\x00<prompt-too-long>"
-# Env packages under `envs/` registered as `seeupo/<name>`.
-ENV_PACKAGES = ("bandit", "tool_tasks", "appworld", "bfcl")
+# The built-in envs: packages under `envs/`, each registered as `seeupo/<name>`.
+BUILTIN_ENVS = ("bandit", "tool_tasks", "appworld", "bfcl")
+# name -> env_fn of every registered turn env (this process's registrations).
+TURN_ENVS: dict[str, Callable[..., Any] | str] = {}
 
 
 def shared_module_mapping(agent_id: str, episode: Any = None, **kwargs) -> str:
@@ -118,12 +122,50 @@ def final_info(episode) -> dict[str, Any]:
     return info
 
 
+def register_turn_env(name: str, env_fn: Callable[..., Any] | str) -> str:
+    """Register a turn-as-agent env as ``seeupo/<name>``: RLlib and Tune build it by that
+    name (``config.environment("seeupo/<name>", env_config={...})``), and the command line,
+    its config checks and held-out evaluation accept it.
+
+    Args:
+        name: the env's name, without the ``seeupo/`` prefix.
+        env_fn: ``env_fn(**env_config)`` returns the PettingZoo AEC env (see the protocol in
+            docs/design.md section 4.1), or its import path ``"package.module:function"``,
+            imported when the env is first built (an env's heavy imports cost nothing
+            until it is used).
+    Returns:
+        The registered name, ``seeupo/<name>``.
+    """
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"register_turn_env: name must be a non-empty string without '/', got {name!r}")
+    if not (callable(env_fn) or (isinstance(env_fn, str) and ":" in env_fn)):
+        raise TypeError(f"register_turn_env: env_fn must be a callable or a 'module:function' path, got {env_fn!r}")
+    TURN_ENVS[name] = env_fn
+    register_env(f"seeupo/{name}", lambda cfg, _fn=env_fn: TurnAgentEnv(resolve_env_fn(_fn)(**dict(cfg or {}))))
+    return f"seeupo/{name}"
+
+
+def resolve_env_fn(env_fn: Callable[..., Any] | str) -> Callable[..., Any]:
+    """The env function itself (an import path is imported)."""
+    if callable(env_fn):
+        return env_fn
+    module, _, attr = env_fn.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def make_turn_env(name: str, env_config: dict | None = None) -> TurnAgentEnv:
-    """Build ``envs.<name>.env(**env_config)`` wrapped for RLlib."""
-    module = importlib.import_module(f"envs.{name}")
-    return TurnAgentEnv(module.env(**dict(env_config or {})))
+    """Build the turn env registered as ``seeupo/<name>`` with ``env_config``, wrapped for
+    RLlib (in a process that did not register it, e.g. a Tune trial, through Tune's registry)."""
+    if name in TURN_ENVS:
+        return TurnAgentEnv(resolve_env_fn(TURN_ENVS[name])(**dict(env_config or {})))
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    if _global_registry.contains(ENV_CREATOR, f"seeupo/{name}"):
+        return _global_registry.get(ENV_CREATOR, f"seeupo/{name}")(dict(env_config or {}))
+    raise ValueError(f"unknown env 'seeupo/{name}'; registered: {', '.join(f'seeupo/{n}' for n in TURN_ENVS)}")
 
 
 def register_envs() -> None:
-    for name in ENV_PACKAGES:
-        register_env(f"seeupo/{name}", lambda cfg, _name=name: make_turn_env(_name, cfg))
+    """Register the built-in envs (``envs.<name>.env``)."""
+    for name in BUILTIN_ENVS:
+        register_turn_env(name, f"envs.{name}:env")

@@ -26,6 +26,34 @@ def _table(algo):
     return algo.get_module(SHARED_MODULE_ID).logits.detach().clone()
 
 
+class MedianBaselineSeeUPO(SeeUPO):
+    """The README's example of an advantage estimator of one's own: reward minus the group's median."""
+
+    def compute_advantages(self, rewards, group_index):
+        advantages = torch.zeros(len(rewards))
+        for group in group_index.unique():
+            members = group_index == group
+            advantages[members] = rewards[members] - rewards[members].median()
+        return advantages
+
+
+def test_a_subclass_supplies_its_own_advantage_estimator(ray_session):
+    config = SeeUPOConfig(algo_class=MedianBaselineSeeUPO).environment("seeupo/bandit", env_config=dict(BANDIT))
+    algo = config.training(group_size=4, tasks_per_iteration=4, lr=0.1, kl_coeff=0.0).debugging(seed=0).build_algo()
+    try:
+        rollouts, advantages = algo.sample_rollouts(np.random.default_rng(0))
+        for task in {repr(r.task_id) for r in rollouts}:
+            members = [i for i, r in enumerate(rollouts) if repr(r.task_id) == task]
+            rewards = torch.tensor([rollouts[i].reward for i in members])
+            assert np.allclose(advantages[members], (rewards - rewards.median()).numpy())
+        assert np.any(advantages)
+        before = _table(algo)
+        algo.update_policy(rollouts, advantages, np.random.default_rng(0))
+        assert not torch.equal(before, algo.learner_group._learner.module[SHARED_MODULE_ID].logits.detach())
+    finally:
+        algo.stop()
+
+
 def test_one_iteration_logs_per_turn_metrics_and_changes_the_policy(ray_session):
     algo = bandit_config(kl_coeff=0.01).build_algo()
     try:
@@ -77,7 +105,7 @@ def test_presets_train_with_their_settings(ray_session, config_cls, order, norm,
         ("update_order", "backwards"),
         ("advantage_norm", "per_group"),
         ("ratio_level", "word"),
-        ("compound_ratio", "product"),
+        ("compound_factor", "product"),
         ("group_size", 1),
         ("tasks_per_iteration", 0),
         ("clip_param", -0.1),
@@ -96,7 +124,7 @@ def test_validate_names_the_bad_field(field, value):
 
 
 def test_sample_based_seeupo_reaches_the_optimum_for_three_seeds(ray_session):
-    """DESIGN.md section 3: full-observation needle instances, fixed budget of 40 iterations
+    """docs/design.md section 1.7: full-observation needle instances, fixed budget of 40 iterations
     (every seed is at J/J* 0.996 there, 0.998 at 60)."""
     ratios = []
     for seed in range(3):
@@ -180,7 +208,7 @@ def test_single_step_fast_path_equals_explicit_old_policy_recompute(ray_session)
         torch.manual_seed(0)
         # The release's rule: the recompute path exists only under `old_policy: current`.
         algo = bandit_config(kl_coeff=0.0, minibatch_size=minibatch_size, old_policy="current",
-                             compound_ratio="stepwise").build_algo()
+                             compound_factor="stepwise").build_algo()
         try:
             result = algo.train()
             tables.append(_table(algo))

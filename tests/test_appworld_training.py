@@ -59,7 +59,7 @@ def test_appworld_tuned_example_loads_and_validates():
     assert config.lr == 1e-5 and config.model_config["lora"]["rank"] == 64  # LoRA on one GPU
     assert config.tasks_per_iteration == 32 and config.group_size == 8
     assert config.kl_coeff == 0.002 and config.clip_param == 0.2 and config.compound_clip == 0.2
-    assert (config.old_policy, config.compound_ratio, config.advantage_clip_mode) == ("current", "stepwise", "clamp")
+    assert (config.old_policy, config.compound_factor, config.advantage_clip_mode) == ("current", "stepwise", "clamp")
     assert config.skip_zero_advantage_updates is False
     assert config.env_config["max_turns"] == 10
     assert config.model_config["model"] == "hf:Qwen/Qwen3-14B" and config.model_config["temperature"] == 0.9

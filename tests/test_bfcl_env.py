@@ -380,7 +380,7 @@ def test_qwen3_tuned_example_loads_and_validates_with_the_release_settings():
     # LoRA on one GPU, with a LoRA-sized lr (the release's 1e-6 is full fine-tuning's).
     assert config.model_config["lora"]["rank"] == 64 and config.lr == 1e-5
     assert config.num_gpus_per_learner + config.num_env_runners * config.num_gpus_per_env_runner == 1
-    assert (config.old_policy, config.compound_ratio, config.advantage_clip_mode) == ("current", "stepwise", "clamp")
+    assert (config.old_policy, config.compound_factor, config.advantage_clip_mode) == ("current", "stepwise", "clamp")
     assert config.skip_zero_advantage_updates is False
     assert config.env_config["max_turns"] == 10 and config.env_config["categories"] == ["multi_turn_base"]
     assert config.model_config["model"] == "hf:Qwen/Qwen3-14B" and config.model_config["temperature"] == 0.9

@@ -62,20 +62,29 @@ def test_yaml_evaluation_maps_onto_rllibs_evaluation_config():
     assert load_experiment(MAIN_JOB).metric == "evaluation/success_rate"  # the default with `evaluation:`
 
 
-def test_held_out_settings_that_cannot_work_fail_before_anything_runs(tmp_path, capsys):
-    out = tmp_path / "out"
-    # Tune: evaluation every 4 iterations, but the trials stop after 2.
-    assert train(["train", SWEEP, "--stop-iters", "2", "--output-dir", out]) == 2
-    assert "evaluation.interval 4 is past stop.training_iteration 2" in capsys.readouterr().err
-    # Tune: no interval and no iteration to stop at, so no trial can tell its last iteration.
-    assert train(["train", MAIN_JOB, "--set", "stop={env_steps: 100}", "--output-dir", out]) == 2
-    assert "evaluation needs an 'interval'" in capsys.readouterr().err
-    assert not out.exists()
+def test_a_metric_without_an_evaluation_section_fails_on_load(tmp_path):
     bandit = (ROOT / "tuned_examples" / "bandit_seeupo.yaml").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(bandit.replace("  checkpoint_freq: 0\n", "  checkpoint_freq: 0\n  metric: evaluation/success_rate\n"))
     with pytest.raises(ValueError, match="no 'evaluation' section"):
         load_experiment(bad)
+
+
+def test_the_main_example_runs_as_a_tune_trial_with_held_out_figures_at_its_budget(ray_session, tiny_model, tmp_path):
+    """The main job's file, unchanged but for the tiny model, in the CLI's default (Tune)
+    mode: the trial stops on its env-step budget and measures the held-out tasks before
+    training and in its last result, as the in-process run does."""
+    out = tmp_path / "tune"
+    overrides = [*tiny_overrides(tiny_model), "group_size=2", "tasks_per_iteration=2", "stop={env_steps: 1}"]
+    assert train(["train", MAIN_JOB, "--output-dir", out, *[a for s in overrides for a in ("--set", s)]]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["iterations"]) == 1 and summary["best_trial"] is not None
+    last = summary["iterations"][-1]
+    assert summary["evaluation"]["before"]["num_episodes"] == 3
+    assert last["evaluation/num_episodes"] == 3
+    assert summary["evaluation"]["after"]["env_steps"] == last["env_steps"]  # measured in the last result
+    assert summary["final"]["eval_success_after"] == last["evaluation/success_rate"]
+    assert "evaluation/level/1/success_rate" in last or "evaluation/level/2/success_rate" in last
 
 
 def test_result_metrics_round_trip_keeps_the_groups():

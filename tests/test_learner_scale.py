@@ -106,15 +106,14 @@ def _learner_states(algo) -> list[dict[str, torch.Tensor]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("turn_target_kl", [None, 1e-4], ids=["all_steps", "kl_stop"])
-def test_several_learners_take_the_step_of_one(ray_session, tiny_model, turn_target_kl):
+def test_several_learners_take_the_step_of_one(ray_session, tiny_model):
     """One update of the same rollouts (a turn with a single row included, minibatches that
     leave a learner without rows) on 0, 2 and 3 learners: every learner ends with the
     weights of the local learner."""
     from test_llm import _llm_config
 
     config = _llm_config(tiny_model, lora=None).training(
-        lr=1e-3, group_size=2, tasks_per_iteration=2, minibatch_size=3, turn_target_kl=turn_target_kl
+        lr=1e-3, group_size=2, tasks_per_iteration=2, minibatch_size=3
     )
     local = config.build_algo()
     try:
@@ -127,11 +126,8 @@ def test_several_learners_take_the_step_of_one(ray_session, tiny_model, turn_tar
         local.update_policy(rollouts, advantages, np.random.default_rng(1))
         expected = _learner_states(local)[0]
         assert any(not torch.equal(initial[k], expected[k]) for k in expected)
-        stopped = local.metrics.peek(("learners", SHARED_MODULE_ID), default={})
     finally:
         local.stop()
-    if turn_target_kl is not None:  # the early stop did act
-        assert any(v["stopped"] for k, v in stopped.items() if k.startswith("turn_")), stopped
     for num_learners in (2, 3):
         algo = config.copy(copy_frozen=False).learners(num_learners=num_learners).build_algo()
         try:

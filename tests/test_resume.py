@@ -10,6 +10,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rllib_seeupo import SHARED_MODULE_ID, SeeUPO, SeeUPOConfig
 from rllib_seeupo.experiment import build_config, load_experiment
+from rllib_seeupo.learner_calls import learner_call
 from rllib_seeupo.llm.module import LLMRLModule
 from rllib_seeupo.reporting import iteration_record
 
@@ -26,7 +27,7 @@ def _learning_record(result) -> dict[str, float]:
 
 def _weights(algo) -> dict[str, torch.Tensor]:
     """The learner's module state (every parameter and buffer), local or remote learner."""
-    return algo._learner_call(
+    return learner_call(algo.learner_group,
         lambda learner: {k: v.detach().cpu().clone() for k, v in learner.module[SHARED_MODULE_ID].unwrapped().state_dict().items()}
     )
 

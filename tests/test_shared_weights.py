@@ -5,11 +5,12 @@ on which a turn's update moves the other turns' action probabilities."""
 import numpy as np
 import pytest
 import torch
+from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rllib_seeupo import SHARED_MODULE_ID, SeeUPOConfig
 from rllib_seeupo import objectives
-from rllib_seeupo.algorithm import _minibatches
+from rllib_seeupo.batching import minibatch_indices as _minibatches
 from rllib_seeupo.callbacks import BanditOptimality
 from rllib_seeupo.modules.tabular import SharedMLPSoftmaxRLModule
 
@@ -46,14 +47,14 @@ def _batch(algo, seed=0):
 
 
 def test_seeupo_defaults_are_the_shared_weight_rule_and_the_presets_keep_theirs():
-    """docs/RESULTS.md section 4d chose SeeUPO's defaults; the baselines must not inherit them."""
+    """docs/log/2026-12-01-shared-weight-case.md (section 4d) chose SeeUPO's defaults; the baselines must not inherit them."""
     from rllib_seeupo.presets import GRAEReinforceConfig, GRPOConfig, GSPOConfig, RLOOConfig
 
     def rule(config):
-        return (config.old_policy, config.compound_ratio, config.advantage_clip_mode, config.skip_zero_advantage_updates)
+        return (config.old_policy, config.compound_factor, config.advantage_clip_mode, config.skip_zero_advantage_updates)
 
     assert rule(SeeUPOConfig()) == ("rollout", "cumulative", "scale_group", True)
-    assert SeeUPOConfig().advantage_norm == "group_std"  # section 4f
+    assert SeeUPOConfig().advantage_norm == "group_std"  # docs/RESULTS.md section 2
     for preset in (GRPOConfig, GSPOConfig, RLOOConfig, GRAEReinforceConfig):
         assert rule(preset()) == ("current", "none", "clamp", False), preset.__name__
 
@@ -61,14 +62,14 @@ def test_seeupo_defaults_are_the_shared_weight_rule_and_the_presets_keep_theirs(
 def test_group_scaled_clip_keeps_every_group_summing_to_zero():
     rewards = torch.tensor([1.0] + [0.0] * 7 + [1.0, 1.0] + [0.0] * 6 + [0.0] * 16)
     groups = torch.arange(32) // 8
-    clamped = objectives.group_relative_advantages(rewards, groups, clip=3.0)
+    clamped = objectives.group_relative_advantages(rewards, groups, norm="batch", clip=3.0, clip_mode="clamp")
     assert clamped[:8].sum() < -0.1  # the clamp cuts the rare success, not its failures
-    scaled = objectives.group_relative_advantages(rewards, groups, clip=3.0, clip_mode="scale_group")
+    scaled = objectives.group_relative_advantages(rewards, groups, norm="batch", clip=3.0, clip_mode="scale_group")
     for g in range(4):
         assert abs(float(scaled[groups == g].sum())) < 1e-5
     assert float(scaled.abs().max()) == pytest.approx(3.0)
     # A group within the bound is left as the batch scale made it.
-    unclipped = objectives.group_relative_advantages(rewards, groups, clip=None)
+    unclipped = objectives.group_relative_advantages(rewards, groups, norm="batch", clip=None)
     assert torch.allclose(scaled[8:16], unclipped[8:16])
 
 
@@ -110,9 +111,10 @@ def test_a_turn_update_moves_the_other_turns_only_with_shared_weights(ray_sessio
         rollouts, advantages = _batch(algo)
         module = algo.get_module(SHARED_MODULE_ID)
         before = module.action_probabilities()
-        timings = dict.fromkeys(("collate", "logp_recompute", "learner_update", "metrics", "compound_update"), 0.0)
-        algo._update_turns([2], rollouts, advantages, {r.episode_id: 1.0 for r in rollouts}, np.random.default_rng(0),
-                           carry_m=False, timings=timings)
+        rng = np.random.default_rng(0)
+        batch = algo._turn_batch([2], "reverse", rollouts, advantages, {r.episode_id: 1.0 for r in rollouts}, rng)
+        algo._anchor(batch, carry=False)
+        algo._step(batch, rng)
         after = algo.learner_group._learner.module[SHARED_MODULE_ID].action_probabilities()
         from envs.bandit import make_instance
 
@@ -171,49 +173,6 @@ def test_an_update_without_signal_moves_nothing_only_when_skipped(ray_session, s
         algo.stop()
 
 
-def test_reset_first_moment_zeroes_adam_before_each_turn(ray_session):
-    algo = bandit_config(turn_optimizer_state="reset_first_moment").build_algo()
-    try:
-        rollouts, advantages = _batch(algo)
-        algo.update_policy(rollouts, advantages, np.random.default_rng(0))
-        learner = algo.learner_group._learner
-        state = next(iter(_optimizer(algo).state.values()))
-        assert state["exp_avg"].abs().sum() > 0
-        learner.begin_turn_update("turn_1", optimizer_state="reset_first_moment")
-        assert all(s["exp_avg"].abs().sum() == 0 for s in _optimizer(algo).state.values())
-        assert state["exp_avg_sq"].abs().sum() > 0  # the second moment is kept
-        learner.end_turn_update()
-    finally:
-        algo.stop()
-
-
-def test_per_turn_optimizer_state_counts_each_turns_own_steps(ray_session):
-    algo = bandit_config(turn_optimizer_state="per_turn").build_algo()
-    try:
-        rollouts, advantages = _batch(algo)
-        for _ in range(2):
-            algo.update_policy(rollouts, advantages, np.random.default_rng(0))
-        states = algo.learner_group._learner._turn_optimizer_states
-        assert sorted(k for k, _ in states) == ["turn_0", "turn_1", "turn_2"]
-        for state in states.values():
-            assert {int(s["step"]) for s in state.values()} == {2}  # 2 steps each, not 6
-    finally:
-        algo.stop()
-
-
-def test_turn_target_kl_stops_a_turn_update_after_its_first_step(ray_session):
-    algo = bandit_config(turn_target_kl=1e-12, minibatch_size=4, num_epochs_per_turn=4, lr=0.2).build_algo()
-    try:
-        result = algo.train()
-        for state in _optimizer(algo).state.values():
-            # 3 turn updates of 4 epochs x 4 minibatches: one step each before the stop.
-            assert int(state["step"]) == 3
-        for k in range(3):
-            assert result["learners"][SHARED_MODULE_ID][f"turn_{k}"]["stopped"] > 0
-    finally:
-        algo.stop()
-
-
 def test_per_turn_figures_are_means_over_the_turns_minibatches(ray_session):
     # 16 rows per turn in minibatches of 10: two steps of 10 and 6 rows.
     result = bandit_config(minibatch_size=10).build_algo()
@@ -229,11 +188,15 @@ def test_parallel_minibatches_mix_the_turns(ray_session):
     algo = bandit_config(update_order="parallel", minibatch_size=8).build_algo()
     try:
         rollouts, advantages = _batch(algo)
+        # With full observations a state belongs to one turn.
+        turn_of_state = {int(r.turns[k][Columns.OBS]): k for r in rollouts for k in r.turns}
         seen = []
         real_update = algo.learner_group.update
 
         def spy(*, batch, **kwargs):
-            seen.append(set(batch.policy_batches[SHARED_MODULE_ID]["turn"].tolist()))
+            columns = batch.policy_batches[SHARED_MODULE_ID]
+            assert set(columns["turn"].tolist()) == {-1}  # one parallel update: "all_turns"
+            seen.append({turn_of_state[int(s)] for s in columns[Columns.OBS]})
             return real_update(batch=batch, **kwargs)
 
         algo.learner_group.update = spy
@@ -243,17 +206,13 @@ def test_parallel_minibatches_mix_the_turns(ray_session):
         algo.stop()
 
 
-@pytest.mark.parametrize("optimizer_state", ["per_turn", "shared"])
-def test_cumulative_m_equals_stepwise_m_only_when_turns_are_independent(ray_session, optimizer_state):
-    """With one table per turn and one optimizer state per turn, a turn's ratio against the
-    rollout policy moves only in its own update, so the joint ratio equals the stepwise
-    product while nothing is clipped. With one Adam state for the whole table, a turn's
-    step also moves the rows of the turns updated before it (their carried first moment),
-    which only the cumulative M sees."""
+def test_cumulative_m_sees_the_carried_adam_moment_that_stepwise_m_misses(ray_session):
+    """With one table per turn but one Adam state for the whole table, a turn's step also
+    moves the rows of the turns updated before it (their carried first moment), which only
+    the cumulative M sees."""
     factors = {}
     for mode in ("stepwise", "cumulative"):
-        algo = bandit_config(compound_ratio=mode, old_policy="rollout", lr=0.01, compound_clip=0.9,
-                             turn_optimizer_state=optimizer_state).build_algo()
+        algo = bandit_config(compound_factor=mode, old_policy="rollout", lr=0.01, compound_clip=0.9).build_algo()
         try:
             stats = algo.train()["learners"][SHARED_MODULE_ID]
             factors[mode] = [stats[f"turn_{k}"]["compound_factor_mean"] for k in range(3)]
@@ -261,14 +220,13 @@ def test_cumulative_m_equals_stepwise_m_only_when_turns_are_independent(ray_sess
             algo.stop()
     assert factors["stepwise"][2] == factors["cumulative"][2] == 1.0
     assert factors["stepwise"][0] != 1.0
-    same = np.allclose(factors["stepwise"], factors["cumulative"], atol=1e-6)
-    assert same == (optimizer_state == "per_turn"), factors
+    assert not np.allclose(factors["stepwise"], factors["cumulative"], atol=1e-6), factors
 
 
 def test_cumulative_m_sees_what_shared_weights_did_to_earlier_updated_turns(ray_session):
     factors = {}
     for mode in ("stepwise", "cumulative"):
-        algo = bandit_config(shared=True, compound_ratio=mode, old_policy="rollout", lr=0.05, compound_clip=0.9,
+        algo = bandit_config(shared=True, compound_factor=mode, old_policy="rollout", lr=0.05, compound_clip=0.9,
                              minibatch_size=4, num_epochs_per_turn=2).build_algo()
         try:
             stats = algo.train()["learners"][SHARED_MODULE_ID]
@@ -292,8 +250,8 @@ def test_drift_diagnostic_ranks_a_restarted_trust_region_above_the_rollout_ancho
     example = Path(__file__).resolve().parents[1] / "tuned_examples" / "bandit_shared_seeupo.yaml"
     drift, batches = {}, []
     clamp = ["advantage_norm=batch", "advantage_clip_mode=clamp", "skip_zero_advantage_updates=false"]
-    for name, settings in (("released", ["old_policy=current", "compound_ratio=stepwise", *clamp]),
-                           ("anchored", ["old_policy=rollout", "compound_ratio=cumulative", *clamp])):
+    for name, settings in (("released", ["old_policy=current", "compound_factor=stepwise", *clamp]),
+                           ("anchored", ["old_policy=rollout", "compound_factor=cumulative", *clamp])):
         overrides = ["minibatch_size=16", "num_epochs_per_turn=2", "lr=0.03", *settings]
         algo = build_config(load_experiment(example, overrides)).build_algo()
         try:

@@ -7,7 +7,7 @@ from ``rllib_seeupo.objectives``.
 Under which inner optimisation the guarantee holds: mirror learning (HAML) makes a claim
 about the *maximiser* of each turn's clipped objective, not about one gradient step at an
 arbitrary learning rate (one plain step at lr 0.5 lowers J in a few percent of cases,
-DESIGN.md section 3). So each turn's update here is a monotone ascent on its exact clipped
+docs/design.md section 1.7). So each turn's update here is a monotone ascent on its exact clipped
 surrogate: gradient steps with a backtracking line search that only accepts a step that
 raises the surrogate, run until it stalls or for a fixed number of steps.
 """

@@ -3,7 +3,7 @@
 An episode draws a context c (the task). Turn k (agent ``turn_k``) picks one of K actions;
 after the last of T turns every turn receives the same reward ``R[c, a_0 ... a_{T-1}]``,
 a table over whole action sequences. It is the smallest multi-turn problem on which the
-order of per-turn updates matters, used to check SeeUPO's theory (DESIGN.md section 3).
+order of per-turn updates matters, used to check SeeUPO's theory (docs/design.md section 1.7).
 
 Observation (a single integer state id, so that a tabular policy is a logits table):
 - ``"full"``: the context and the whole history ``(c, k, a_0 ... a_{k-1})``.
