@@ -80,10 +80,10 @@ class SeeUPO(Algorithm):
             The rollouts of tasks with at least two rollouts, and their ``(N,)`` advantages.
         """
         config, local = self.config, self.config.num_env_runners == 0
-        task_ids = self._train_task_ids
-        picks = rng.choice(len(task_ids), size=config.tasks_per_iteration, replace=len(task_ids) < config.tasks_per_iteration)
         start = time.perf_counter()
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            task_ids = self._train_task_ids
+            picks = rng.choice(len(task_ids), size=config.tasks_per_iteration, replace=len(task_ids) < config.tasks_per_iteration)
             episodes, runner_metrics = sample_task_groups(
                 self.env_runner_group, [task_ids[int(i)] for i in picks], config.group_size, self._seed_key, local
             )
@@ -106,10 +106,10 @@ class SeeUPO(Algorithm):
         Returns:
             Seconds per phase, summed over the turn updates, also logged under
             ``timers/update_phases``: ``collate`` (building the batches), ``logp_recompute``
-            (no-grad passes for pi_old and M), the learner's ``forward`` (with the loss),
+            (no-grad passes for pi_old and the stepwise M), the learner's ``forward`` (with the loss),
             ``backward`` and ``optimizer_step`` (clipping and step), ``learner_overhead``
             (RLlib's per-update plumbing), ``compound_update``, ``metrics``, ``other`` and
-            ``total``.
+            ``total`` (``compound_update``: the cumulative M's passes included).
         """
         config, start = self.config, time.perf_counter()
         self._phase.pop()  # the phases of this update only
@@ -195,8 +195,9 @@ class SeeUPO(Algorithm):
             with self._phase("metrics"):  # aggregated per minibatch: the per-turn figures are their means
                 self.metrics.aggregate(results, key=LEARNER_RESULTS)
         m = columns[COMPOUND_FACTOR]
-        self.metrics.log_dict({"compound_factor_mean": float(m.mean()), "compound_factor_min": float(m.min()),
-                               "compound_factor_max": float(m.max())}, key=(LEARNER_RESULTS, SHARED_MODULE_ID, batch.metrics_key), window=1)
+        with self._phase("metrics"):
+            self.metrics.log_dict({"compound_factor_mean": float(m.mean()), "compound_factor_min": float(m.min()),
+                                   "compound_factor_max": float(m.max())}, key=(LEARNER_RESULTS, SHARED_MODULE_ID, batch.metrics_key), window=1)
 
     def _carry_stepwise_compound(self, batch: TurnBatch, before: np.ndarray | None, compound: dict[str, float]) -> None:
         """HAPPO's stepwise M: fold this update's ratio change of each rollout's response
@@ -204,7 +205,9 @@ class SeeUPO(Algorithm):
         with self._phase("compound_update"):
             if before is None:  # the single step's own forward pass ran at pi_old
                 before = learner_call(self.learner_group, lambda learner: learner.pre_step_response_logp())
+        with self._phase("logp_recompute"):
             after = response_logp(self.learner_group, batch.columns)
+        with self._phase("compound_update"):
             mask = torch.tensor(batch.columns[RESPONSE_MASK])
             rho = torch.exp(objectives.sequence_log_ratio(torch.tensor(after), torch.tensor(before), mask))
             m = objectives.update_compound_factor(torch.tensor(batch.columns[COMPOUND_FACTOR]), rho, self.config.compound_clip)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -23,7 +22,6 @@ from rllib_seeupo.experiment import (
     algorithm_class,
     build_config,
     check_env,
-    evaluation_settings,
     load_experiment,
     parse_key_value,
     search_space,

@@ -44,9 +44,9 @@ class SeeUPOConfig(AlgorithmConfig):
         # GRPO's per-group std, not the paper's one batch-wide scale: under that scale a
         # nearly solved task's group (7 of 8 right) pushes 0.44 times as hard as a half-solved
         # one's (0.66 with the group std), and on shared LLM weights the rare kind of task was
-        # forgotten (docs/RESULTS.md section 2: 0 collapses in 5 seeds against 1; on 4b's one-context
-        # shared-weight bandit, where a batch is one group, the two end the same on all 40
-        # seeds; with 8 contexts the batch scale is ahead by 0.030 +- 0.020, 4g). It gives up
+        # forgotten (docs/RESULTS.md section 2: 0 collapses in 5 seeds against 1; on the
+        # one-context shared-weight bandit, where a batch is one group, the two end the same on
+        # all 40 seeds; with 8 contexts the batch scale is ahead by 0.030 +- 0.020, section 3). It gives up
         # the batch scale's place in the paper's improvement argument.
         self.advantage_norm = AdvantageNorm.GROUP_STD.value
         self.advantage_clip = 3.0

@@ -340,7 +340,7 @@ class HeldOutEvaluation:
 
     def __repr__(self) -> str:
         return (f"HeldOutEvaluation(split={self.split!r}, k={self.k}, batch_size={self.batch_size}, "
-                f"sample={self.sample}, before={self.before})")
+                f"sample={self.sample}, before={self.before}, at_stop={self.at_stop})")
 
     def __call__(self, algorithm, eval_env_runner_group=None) -> tuple[dict[str, Any], int, int]:
         metrics, steps = self.measure(algorithm, "held-out eval")
@@ -414,7 +414,7 @@ def measure_before_training(*, algorithm, metrics_logger=None, **kwargs) -> None
 def evaluate_at_stop(*, algorithm, result, metrics_logger=None, **kwargs) -> None:
     """``on_train_result``: with a ``HeldOutEvaluation(at_stop=...)``, measures the policy in
     the result that reaches the stop budget (its last), unless this iteration was measured."""
-    from rllib_seeupo.reporting import iteration_record, should_stop
+    from rllib_seeupo.reporting import iteration_record, measured_evaluation, should_stop
 
     evaluation = algorithm.config.custom_evaluation_function
     if not isinstance(evaluation, HeldOutEvaluation) or not evaluation.at_stop:
@@ -422,8 +422,7 @@ def evaluate_at_stop(*, algorithm, result, metrics_logger=None, **kwargs) -> Non
     record = iteration_record(result)
     if not should_stop(record, result, evaluation.at_stop):
         return
-    measured = result.get("evaluation") or {}
-    if "success_rate" in measured and measured.get(MEASURED_AT) == record.get("env_steps"):
+    if measured_evaluation(result) is not None:
         return  # evaluated in this iteration (its interval)
     result["evaluation"] = algorithm.evaluate()
 

@@ -406,7 +406,10 @@ def check_env(env: str, env_config: Any = None, *, where: str = "env_config", sp
     name = env.removeprefix("seeupo/")
     if name not in TURN_ENVS:
         raise ConfigError(f"unknown env {env!r}; allowed: {', '.join(seeupo)}")
-    env_fn = resolve_env_fn(TURN_ENVS[name])
+    try:
+        env_fn = resolve_env_fn(TURN_ENVS[name])
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"{env}: its env function {TURN_ENVS[name]!r} cannot be imported: {error}") from None
     allowed = _env_parameters(env_fn)
     unknown = [key for key in env_config if allowed is not None and key not in allowed]
     if unknown:
@@ -570,7 +573,8 @@ def evaluation_settings(experiment: Experiment) -> dict[str, Any]:
         "k": int(spec.get("k", 1)),
         "batch_size": int(spec.get("batch_size", 64)),
         "before": bool(spec.get("before", True)),
-        "at_stop": dict(experiment.stop) or None,
+        # The CLI's own stop when the file has none: one iteration.
+        "at_stop": dict(experiment.stop) or {"training_iteration": 1},
     }
 
 

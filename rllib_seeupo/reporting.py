@@ -190,9 +190,18 @@ class BudgetStop:
 
     def __init__(self, stop: dict[str, Any]):
         self.stop = dict(stop)
+        self._checked = False
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return should_stop(iteration_record(result), result, self.stop)
+        record = iteration_record(result)
+        if not self._checked:  # as the in-process run notes it (Tune's own check needs a dict)
+            self._checked = True
+            missing = missing_stop_keys(record, result, self.stop)
+            if missing:
+                import sys
+
+                print(f"note: stop key(s) {missing} are not in the training results", file=sys.stderr, flush=True)
+        return should_stop(record, result, self.stop)
 
 
 def missing_stop_keys(record: dict[str, float], result: dict[str, Any], stop: dict[str, Any]) -> list[str]:

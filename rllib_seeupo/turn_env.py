@@ -124,8 +124,9 @@ def final_info(episode) -> dict[str, Any]:
 
 def register_turn_env(name: str, env_fn: Callable[..., Any] | str) -> str:
     """Register a turn-as-agent env as ``seeupo/<name>``: RLlib and Tune build it by that
-    name (``config.environment("seeupo/<name>", env_config={...})``), and the command line,
-    its config checks and held-out evaluation accept it.
+    name (``config.environment("seeupo/<name>", env_config={...})``), in Ray's workers too,
+    and held-out evaluation and the config checks (``experiment.check_env``) of this process
+    accept it. The built-in names cannot be taken.
 
     Args:
         name: the env's name, without the ``seeupo/`` prefix.
@@ -138,6 +139,8 @@ def register_turn_env(name: str, env_fn: Callable[..., Any] | str) -> str:
     """
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"register_turn_env: name must be a non-empty string without '/', got {name!r}")
+    if name in BUILTIN_ENVS and env_fn != f"envs.{name}:env":
+        raise ValueError(f"register_turn_env: {name!r} is a built-in env's name; choose another")
     if not (callable(env_fn) or (isinstance(env_fn, str) and ":" in env_fn)):
         raise TypeError(f"register_turn_env: env_fn must be a callable or a 'module:function' path, got {env_fn!r}")
     TURN_ENVS[name] = env_fn

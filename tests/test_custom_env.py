@@ -47,6 +47,11 @@ def test_register_turn_env_makes_the_name_known_everywhere(custom_env):
         check_env("seeupo/lockers_test", {}, splits={"evaluation.split": "dev"})
     with pytest.raises(ValueError, match="name must be"):
         register_turn_env("a/b", custom_env.env)
+    with pytest.raises(ValueError, match="built-in env's name"):
+        register_turn_env("tool_tasks", custom_env.env)
+    register_turn_env("lockers_missing", "no_such_package.envs:env")
+    with pytest.raises(ConfigError, match="seeupo/lockers_missing: its env function 'no_such_package.envs:env' cannot be imported"):
+        check_env("seeupo/lockers_missing", {})
 
 
 def test_the_example_trains_an_iteration_on_the_tiny_model(ray_session, tiny_model, custom_env):
