@@ -123,20 +123,19 @@ def test_validate_names_the_bad_field(field, value):
         config.validate()
 
 
-def test_sample_based_seeupo_reaches_the_optimum_for_three_seeds(ray_session):
+# Seed 0 in the default suite (15 s), seeds 1 and 2 as well with -m slow.
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
+def test_sample_based_seeupo_reaches_the_optimum(ray_session, seed):
     """docs/design.md section 1.7: full-observation needle instances, fixed budget of 40 iterations
-    (every seed is at J/J* 0.996 there, 0.998 at 60)."""
-    ratios = []
-    for seed in range(3):
-        env_config = {"num_turns": 3, "num_actions": 3, "num_contexts": 1, "kind": "needle", "seed": seed}
-        algo = bandit_config(env_config=env_config, group_size=8, tasks_per_iteration=8, kl_coeff=0.0).debugging(seed=seed).build_algo()
-        try:
-            for _ in range(40):
-                result = algo.train()
-            ratios.append(result["optimality_ratio"])
-        finally:
-            algo.stop()
-    assert min(ratios) >= 0.99, ratios
+    (every seed of 0-2 is at J/J* 0.996 there, 0.998 at 60)."""
+    env_config = {"num_turns": 3, "num_actions": 3, "num_contexts": 1, "kind": "needle", "seed": seed}
+    algo = bandit_config(env_config=env_config, group_size=8, tasks_per_iteration=8, kl_coeff=0.0).debugging(seed=seed).build_algo()
+    try:
+        for _ in range(40):
+            result = algo.train()
+    finally:
+        algo.stop()
+    assert result["optimality_ratio"] >= 0.99, result["optimality_ratio"]
 
 
 def test_scale_out_remote_env_runners_and_two_ddp_learners(ray_session):
