@@ -9,7 +9,7 @@ reply never succeeds: the second turn depends on what the first one returned.
     python examples/custom_env.py [--model smollm2-135m-instruct] [--iterations 4]
 
 It shows the API, not a result: with SmolLM2-135M it runs end to end but solves none of 50
-test tasks, before or after 3 iterations (2026-12-03, 2 min on 2 CPU cores; like the embedded
+test tasks, before or after 3 iterations (2026-12-03, 2.5 min on 2 CPU cores; like the embedded
 env's dependent levels, the small model does not carry a tool's reply into its next call).
 ``--model`` takes a larger model's folder.
 
