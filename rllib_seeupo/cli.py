@@ -24,6 +24,7 @@ from rllib_seeupo.experiment import (
     check_env,
     load_experiment,
     parse_key_value,
+    prepare_warm_start,
     search_space,
     validate_experiment,
 )
@@ -269,6 +270,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_dry_run(experiment, config)
         return 0
+    warm = prepare_warm_start(experiment)
+    if warm:
+        print(f"warm start: {warm['path']} (loss {warm['loss'][0]:.3f} -> {warm['loss'][-1]:.3f})", flush=True)
     use_tune = not args.no_tune or experiment.has_search_space()
     if args.no_tune and experiment.has_search_space():
         print("note: the experiment has a search space, so it runs through Tune", file=sys.stderr)
@@ -283,6 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "overrides": list(args.set or []),
         "metric": experiment.metric,
         "mode": experiment.mode,
+        **({"warm_start": warm} if warm else {}),
         **run,
     }
     write_summary(out_dir, summary)

@@ -51,7 +51,9 @@ from typing import Any
 import yaml
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-TOP_LEVEL_KEYS = {"env", "run", "stop", "config", "checkpoint_freq", "num_samples", "metric", "mode", "evaluation", "torch_threads"}
+TOP_LEVEL_KEYS = {
+    "env", "run", "stop", "config", "checkpoint_freq", "num_samples", "metric", "mode", "evaluation", "torch_threads", "warm_start",
+}
 # `evaluation`: held-out evaluation through RLlib's evaluation config, in both modes (see
 # `evaluation_settings`); `before: false` skips the measurement of the untrained policy where
 # it is known (the same base model in every run of a study).
@@ -59,6 +61,10 @@ EVALUATION_KEYS = {"split", "num_tasks", "k", "batch_size", "before", "interval"
 # The metric Tune trials are ranked by: held-out success where the experiment measures it.
 HELD_OUT_METRIC = "evaluation/success_rate"
 SPECIAL_CONFIG_KEYS = {"module_class", "model_config", "callbacks"}
+# `warm_start`: supervised fine-tuning on the env's demonstrations of the first
+# `demonstrations` train tasks before RL (rllib_seeupo.llm.warm_start); the result is cached
+# by its settings and becomes model_config.model. Defaults:
+WARM_START_DEFAULTS = {"demonstrations": 16, "steps": 40, "batch_size": 8, "lr": 1e-4, "seed": 0}
 
 
 class ConfigError(ValueError):
@@ -129,6 +135,8 @@ class Experiment:
     # Intra-op threads of the process that runs the algorithm in-process (--no-tune): 1 suits
     # small models next to Ray workers; an LLM with everything in-process wants every core.
     torch_threads: int | None = None
+    # Supervised fine-tuning before RL (``WARM_START_DEFAULTS`` filled in); None: none.
+    warm_start: dict[str, Any] | None = None
 
     def has_search_space(self) -> bool:
         return _has_search(self.config) or self.num_samples > 1
@@ -284,7 +292,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     unknown = set(spec) - TOP_LEVEL_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} in experiment {name!r}; allowed: {sorted(TOP_LEVEL_KEYS)}")
-    for key in ("stop", "config", "evaluation"):
+    for key in ("stop", "config", "evaluation", "warm_start"):
         if not isinstance(spec.get(key) or {}, dict):
             raise ConfigError(f"{path}: {key} must be a mapping, got {spec[key]!r}")
     unknown = set(spec.get("evaluation") or {}) - EVALUATION_KEYS
@@ -297,6 +305,17 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         _check_int(evaluation, key, 1, f"{path}: evaluation.{key}")
     if not isinstance(evaluation.get("split", "test"), str):
         raise ConfigError(f"{path}: evaluation.split must be a split name, got {evaluation['split']!r}")
+    warm = spec.get("warm_start")
+    if warm is not None:
+        unknown = set(warm) - set(WARM_START_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"{path}: unknown warm_start key(s) {sorted(unknown)}; allowed: {sorted(WARM_START_DEFAULTS)}")
+        warm = {**WARM_START_DEFAULTS, **warm}
+        for key in ("demonstrations", "steps", "batch_size"):
+            _check_int(warm, key, 1, f"{path}: warm_start.{key}")
+        _check_int(warm, "seed", 0, f"{path}: warm_start.seed")
+        if not isinstance(warm["lr"], (int, float)) or isinstance(warm["lr"], bool) or not warm["lr"] > 0:
+            raise ConfigError(f"{path}: warm_start.lr must be a positive number, got {warm['lr']!r}")
     for required in ("env", "run"):
         if required not in spec:
             raise ConfigError(f"{path}: experiment {name!r} needs a {required!r} key")
@@ -338,6 +357,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         mode=spec.get("mode", "max"),
         evaluation=evaluation,
         torch_threads=spec.get("torch_threads"),
+        warm_start=warm,
     )
 
 
@@ -454,17 +474,27 @@ def validate_experiment(experiment: Experiment, where: str | Path = "") -> None:
             splits[f"env {experiment.env}"] = "train"
         if experiment.evaluation:
             splits["evaluation.split"] = experiment.evaluation.get("split", "test")
+    if experiment.warm_start and experiment.env.startswith("seeupo/"):
+        splits["warm_start"] = "train"
     try:
-        check_env(experiment.env, settings.get("env_config"), splits=splits)
+        built = check_env(experiment.env, settings.get("env_config"), splits=splits)
     except ConfigError as error:
         raise ConfigError(f"{prefix}{error}") from None
+    if experiment.warm_start and not hasattr(getattr(built, "unwrapped", None), "demonstrations"):
+        raise ConfigError(f"{prefix}warm_start needs a 'seeupo/<name>' env with demonstrations(task_ids); {experiment.env} has none")
     if "module_class" not in settings:
+        if experiment.warm_start:
+            raise ConfigError(f"{prefix}warm_start fine-tunes an LLM module; config.module_class names none")
         return
     module_class = import_object(settings["module_class"])
     # A subclass of the LLM module has imported it; nothing else needs torch here.
     llm = sys.modules.get("rllib_seeupo.llm.module")
     if llm is None or not (isinstance(module_class, type) and issubclass(module_class, llm.LLMRLModule)):
+        if experiment.warm_start:
+            raise ConfigError(f"{prefix}warm_start fine-tunes an LLM module; {settings['module_class']} is not one")
         return
+    if experiment.warm_start and _has_search(experiment.config.get("model_config") or {}):
+        raise ConfigError(f"{prefix}warm_start needs one model_config; it has a search axis")
     model_config = settings.get("model_config") or {}
     unknown = sorted(set(model_config) - set(llm.DEFAULTS))
     if unknown:
@@ -610,3 +640,48 @@ def search_space(experiment: Experiment) -> dict[str, Any]:
         return value
 
     return {k: convert(v) for k, v in experiment.config.items() if _has_search(v)}
+
+
+def prepare_warm_start(experiment: Experiment) -> dict[str, Any] | None:
+    """Run the experiment's ``warm_start`` (supervised fine-tuning on the env's
+    demonstrations of its first train tasks; ``rllib_seeupo.llm.warm_start``) unless a run
+    with the same settings left its model in the cache, and make that model folder the
+    experiment's ``model_config.model``. Returns the warm start's record (its ``path``
+    added), None without a ``warm_start`` section. Call after ``validate_experiment``."""
+    if not experiment.warm_start:
+        return None
+    import hashlib
+    import json
+    import shutil
+
+    from rllib_seeupo.llm.models import cache_dir
+    from rllib_seeupo.llm.module import DEFAULTS
+    from rllib_seeupo.llm.warm_start import RECORD, warm_start
+    from rllib_seeupo.turn_env import TURN_ENVS, resolve_env_fn
+
+    model_config = experiment.config.setdefault("model_config", {})
+    model = model_config.get("model", DEFAULTS["model"])
+    env_config = experiment.config.get("env_config") or {}
+    settings = experiment.warm_start
+    key = json.dumps({
+        "model": model, "env": experiment.env, "env_config": env_config, "lora": model_config.get("lora"),
+        "response_prefix": model_config.get("response_prefix", ""), **settings,
+    }, sort_keys=True, default=str)
+    folder = cache_dir() / "warm_start" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if not (folder / RECORD).exists():
+        env = resolve_env_fn(TURN_ENVS[experiment.env.removeprefix("seeupo/")])(**env_config).unwrapped
+        chats = env.demonstrations(list(env.task_ids("train")[: settings["demonstrations"]]))
+        # Written aside, then renamed: an interrupted warm start never looks complete.
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"warm start: {settings['steps']} steps on the demonstrations of {len(chats)} train tasks", flush=True)
+        warm_start(model, chats, tmp, response_prefix=model_config.get("response_prefix", ""), lora=model_config.get("lora"),
+                   steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"], seed=settings["seed"])
+        if (folder / RECORD).exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.replace(folder)
+    record = json.loads((folder / RECORD).read_text())
+    model_config["model"] = str(folder)
+    return {**record, "path": str(folder)}

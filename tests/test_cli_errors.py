@@ -87,6 +87,10 @@ TRAIN_CASES = {
     "bad checkpoint_freq": (BANDIT, ["--set", "checkpoint_freq=often"], ["checkpoint_freq", "'often'"]),
     "bad mode": (BANDIT, ["--set", "mode=maximum"], ["mode", "'maximum'"]),
     "unknown run": (BANDIT, ["--set", "run=SeeUPPO"], ["'SeeUPPO'"]),
+    "unknown warm_start key": (TOOL, ["--set", "warm_start.epochs=2"], ["warm_start", "'epochs'", "steps"]),
+    "bad warm_start.steps": (TOOL, ["--set", "warm_start.steps=0"], ["warm_start.steps", ">= 1"]),
+    "bad warm_start.lr": (TOOL, ["--set", "warm_start.lr=-1"], ["warm_start.lr", "positive"]),
+    "warm_start without an LLM": (BANDIT, ["--set", "warm_start.steps=2"], ["warm_start", "demonstrations"]),
     "--stop-iters 0": (BANDIT, ["--stop-iters", "0"], ["--stop-iters", ">= 1"]),
     "--stop-iters abc": (BANDIT, ["--stop-iters", "abc"], ["--stop-iters", "'abc'"]),
 }

@@ -266,6 +266,19 @@ class raw_env(AECEnv):
                                       level_weights=self.level_weights)
         return {str(level): figures["blind"] for level, figures in reference.items()}
 
+    def demonstrations(self, task_ids) -> list[list[dict[str, str]]]:
+        """The chat of the scripted solver (``oracle_response``) on each task of ``task_ids``,
+        under this env's settings: demonstrations for a warm start
+        (``rllib_seeupo.llm.warm_start``)."""
+        chats = []
+        for task_id in task_ids:
+            demo = raw_env(max_turns=self.max_turns, levels=self.levels, level_weights=self.level_weights)
+            demo.reset(options={"task_id": int(task_id)})
+            while demo.agents and not demo.terminations[demo.agent_selection]:
+                demo.step(oracle_response(demo.task, demo.messages))
+            chats.append(list(demo.messages))
+        return chats
+
     def _execute(self, call: Call) -> tuple[bool, str]:
         """Run one call on the inventory: ``(ok, result)``; a failed call changes nothing."""
         params = PARAMETERS[call.name]
