@@ -106,9 +106,10 @@ def update_rule(path: Path, overrides: list[str]) -> dict:
 def train_run(label: str, path: Path, seed: int, overrides: list[str], args, run_dir: Path) -> dict:
     """Train one tuned example until ``args.budget`` env steps; the run's record."""
     from rllib_seeupo.cli import train_in_process
-    from rllib_seeupo.experiment import load_experiment
+    from rllib_seeupo.experiment import load_experiment, prepare_warm_start
 
     experiment = load_experiment(path, overrides)
+    prepare_warm_start(experiment)  # cached: the first run of a study fine-tunes, the rest reuse it
     experiment.stop = {"env_steps": args.budget}
     run_dir.mkdir(parents=True, exist_ok=True)
     # The CLI's per-iteration lines go to the run's own log.
@@ -133,7 +134,7 @@ def untrained_setting(path: Path, overrides: list[str]) -> dict:
     settings = evaluation_settings(experiment)
     return json.loads(json.dumps({
         "env": experiment.env, "env_config": experiment.config.get("env_config") or {},
-        "model_config": experiment.config.get("model_config") or {},
+        "model_config": experiment.config.get("model_config") or {}, "warm_start": experiment.warm_start,
         **{key: settings[key] for key in ("split", "num_tasks", "k", "batch_size")},
     }, default=str))
 
@@ -158,11 +159,12 @@ def measure_untrained(path: Path, overrides: list[str], out: Path) -> dict:
     import torch
 
     from rllib_seeupo.evaluation import evaluate, load_module, module_policy, progress_bar
-    from rllib_seeupo.experiment import load_experiment
+    from rllib_seeupo.experiment import load_experiment, prepare_warm_start
     from rllib_seeupo.llm.module import DEFAULTS
     from rllib_seeupo.turn_env import make_turn_env
 
     experiment = load_experiment(path, overrides)
+    prepare_warm_start(experiment)
     name = experiment.env.removeprefix("seeupo/")
     env_config = dict(setting["env_config"])
     model_config = dict(experiment.config.get("model_config") or {})
@@ -194,8 +196,18 @@ def levels_of(figures: dict[str, float]) -> list[str]:
     return sorted(k for k in figures if k.isdigit())
 
 
-def multi_decision(figures: dict[str, float], levels=("3", "4")) -> float | None:
-    """Success over the episodes of the multi-decision levels (3 and 4) together."""
+# The embedded env's multi-decision levels: 5-7 (a later call depends on a tool result)
+# where a run trains on them, else the default levels' 3 and 4.
+DEPENDENT_LEVELS, DEFAULT_MULTI_LEVELS = ("5", "6", "7"), ("3", "4")
+
+
+def multi_levels(levels: list[str]) -> tuple[str, ...]:
+    """The multi-decision levels among ``levels``: 5-7 where any is there, else 3 and 4."""
+    return tuple(l for l in DEPENDENT_LEVELS if l in levels) or DEFAULT_MULTI_LEVELS
+
+
+def multi_decision(figures: dict[str, float], levels=DEFAULT_MULTI_LEVELS) -> float | None:
+    """Success over the episodes of the multi-decision ``levels`` together."""
     if not all(level in figures for level in levels):
         return None
     episodes = sum(figures[f"n{level}"] for level in levels)
@@ -270,22 +282,32 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
     if not with_eval:
         return ""
     levels = sorted({level for rs in with_eval.values() for r in rs for level in levels_of(held_out(r))})
+    multi = multi_levels(levels)
+    name = "+".join(multi)
     baseline = {r["seed"]: held_out(r) for r in with_eval.get(args.baseline, [])}
     lines = [
         f"{env}: held-out greedy success after training "
         f"({untrained['num_tasks'] if untrained else '?'} {untrained['split'] if untrained else ''} tasks, "
         "the same for every run; mean +- std over seeds, per seed in brackets)",
         "",
-        _row(["algorithm", "runs", "held-out success", f"- {args.baseline} (paired by seed, 95% CI)", "collapses",
-              *(f"level {level}" for level in levels), "levels 3+4", f"3+4 - {args.baseline} (paired)",
+        _row(["algorithm", "runs", "optimizer steps (mean)", "held-out success", f"- {args.baseline} (paired by seed, 95% CI)", "collapses",
+              *(f"level {level}" for level in levels), f"levels {name}", f"{name} - {args.baseline} (paired)",
               "largest KL / clip share per run (mean over seeds) [max]"]),
-        _row(["---"] * (8 + len(levels))),
+        _row(["---"] * (9 + len(levels))),
     ]
     if base_figures is not None:
-        md = multi_decision(base_figures)
-        lines.append(_row(["untrained", "1", f"{base_figures['all']:.3f}", "-", "-",
+        md = multi_decision(base_figures, multi)
+        start = "warm-started" if untrained.get("setting", {}).get("warm_start") else "untrained"
+        lines.append(_row([start, "1", "0", f"{base_figures['all']:.3f}", "-", "-",
                            *(f"{base_figures[level]:.3f}" if level in base_figures else "-" for level in levels),
                            "-" if md is None else f"{md:.3f}", "-", "-"]))
+        blind = {level: figures["blind_success"] for level, figures in groups.items() if "blind_success" in figures}
+        if blind:
+            blind_figures = {**blind, **{f"n{level}": base_figures[f"n{level}"] for level in blind}}
+            md = multi_decision(blind_figures, multi)
+            lines.append(_row(["best blind policy (per level)", "-", "-", "-", "-", "-",
+                               *(f"{blind[level]:.3f}" if level in blind else "-" for level in levels),
+                               "-" if md is None else f"{md:.3f}", "-", "-"]))
     for label, rs in with_eval.items():
         figures = [held_out(r) for r in rs]
         mean, std = mean_std([f["all"] for f in figures])
@@ -297,14 +319,16 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
         for level in levels:
             values = [f[level] for f in figures if level in f]
             level_cells.append(f"{mean_std(values)[0]:.3f}" if values else "-")
-        md_values = [multi_decision(f) for f in figures]
+        md_values = [multi_decision(f, multi) for f in figures]
         md_cell = "-" if None in md_values else f"{mean_std(md_values)[0]:.3f} +- {mean_std(md_values)[1]:.3f}"
-        base_md = {seed: multi_decision(f) for seed, f in baseline.items()}
+        base_md = {seed: multi_decision(f, multi) for seed, f in baseline.items()}
         md_paired = None if label == args.baseline or None in md_values else paired_interval([
             m - base_md[r["seed"]] for m, r in zip(md_values, rs) if base_md.get(r["seed"]) is not None
         ])
+        steps = [r["final"]["optimizer_steps"] for r in rs if "optimizer_steps" in r["final"]]
         lines.append(_row([
-            label, str(len(rs)), f"{mean:.3f} +- {std:.3f} [{per_seed}]",
+            label, str(len(rs)), f"{sum(steps) / len(steps):.0f}" if len(steps) == len(rs) else "-",
+            f"{mean:.3f} +- {std:.3f} [{per_seed}]",
             "-" if paired is None else f"{paired[0]:+.3f} +- {paired[1]:.3f} (n={paired[2]})", collapses,
             *level_cells, md_cell, "-" if md_paired is None else f"{md_paired[0]:+.3f} +- {md_paired[1]:.3f}",
             drift_cell([largest_drift(r) for r in rs]),

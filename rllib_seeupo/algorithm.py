@@ -31,7 +31,7 @@ from rllib_seeupo.batching import minibatch_indices
 from rllib_seeupo.columns import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.config import SeeUPOConfig
 from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, OLD_LOGP, TURN
-from rllib_seeupo.learner_calls import learner_batches, learner_call, response_logp, seed_learners
+from rllib_seeupo.learner_calls import OPTIMIZER_STEPS, learner_batches, learner_call, optimizer_steps, response_logp, seed_learners
 from rllib_seeupo.objectives import CompoundFactor, UpdateOrder
 from rllib_seeupo.timing import PhaseTimer
 from rllib_seeupo.rollouts import Rollout, observation_key, rollout_stats, runner_task_ids, sample_task_groups, to_rollout
@@ -68,6 +68,9 @@ class SeeUPO(Algorithm):
             seed_learners(self.learner_group, self._seed_key)
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             self.update_policy(rollouts, advantages, rng)
+        steps = optimizer_steps(self.learner_group)
+        if steps is not None:  # lifetime, as RLlib's PPO reports it (callbacks.log_optimizer_steps)
+            self.metrics.log_value(OPTIMIZER_STEPS, steps, window=1)
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
             self.env_runner_group.sync_weights(
                 from_worker_or_learner_group=self.learner_group, policies=[SHARED_MODULE_ID], inference_only=True

@@ -27,3 +27,13 @@ def log_episode_success(*, episode, metrics_logger=None, **kwargs) -> None:
     if "success" in info and metrics_logger is not None:
         # A plain mean is reset at every reduce: one value per training iteration.
         metrics_logger.log_value("success_rate", float(info["success"]), reduce="mean")
+
+
+def log_optimizer_steps(*, algorithm, result, **kwargs) -> None:
+    """``on_train_result`` for RLlib's own algorithms (PPO) on a turn-as-agent env: the
+    optimizer steps taken so far under ``optimizer_steps``, as SeeUPO reports them."""
+    from rllib_seeupo.learner_calls import OPTIMIZER_STEPS, optimizer_steps
+
+    steps = optimizer_steps(algorithm.learner_group)
+    if steps is not None:
+        result[OPTIMIZER_STEPS] = steps

@@ -72,3 +72,22 @@ def response_logp(learner_group, columns: dict[str, np.ndarray]) -> np.ndarray:
     results = learner_group.foreach_learner(functools.partial(_response_logp_shard, columns=columns))
     shards = sorted(r.get() for r in results)
     return np.concatenate([logp for _, logp in shards if logp is not None])
+
+
+# Result key: the optimizer steps taken so far (SeeUPO and, through a callback, RLlib's PPO).
+OPTIMIZER_STEPS = "optimizer_steps"
+
+
+def _optimizer_steps(learner) -> int | None:
+    """The largest per-parameter step count in the learner's optimizers' state (Adam's
+    ``step``; None before the first step and for an optimizer that keeps none)."""
+    steps = [int(state["step"]) for optimizer in learner._named_optimizers.values()
+             for state in optimizer.state.values() if "step" in state]
+    return max(steps) if steps else None
+
+
+def optimizer_steps(learner_group) -> int | None:
+    """How many optimizer steps the learners have taken so far (they step together), read
+    from the optimizer's state, so it counts the same way for SeeUPO's turn updates and
+    RLlib's PPO epochs; None for an optimizer without a step count (plain SGD)."""
+    return learner_call(learner_group, _optimizer_steps)

@@ -124,7 +124,7 @@ def turn_agent_settings(config: AlgorithmConfig) -> AlgorithmConfig:
     pads those ids for the LLM module (it does nothing for other modules), and the
     episode success rate in the results (``env_runners/success_rate``). The tabular module is
     the default RLModule. Returns ``config``."""
-    from rllib_seeupo.callbacks import log_episode_success
+    from rllib_seeupo.callbacks import log_episode_success, log_optimizer_steps
     from rllib_seeupo.llm.ppo import PadTurnColumns
     from rllib_seeupo.modules.tabular import TabularSoftmaxRLModule
 
@@ -134,7 +134,7 @@ def turn_agent_settings(config: AlgorithmConfig) -> AlgorithmConfig:
     config.learners(learner_connector=PadTurnColumns)
     config.rl_module(rl_module_spec=RLModuleSpec(module_class=TabularSoftmaxRLModule))
     # A callable of its own (not a callbacks class), so a YAML's `callbacks:` keeps it.
-    config.callbacks(on_episode_end=log_episode_success)
+    config.callbacks(on_episode_end=log_episode_success, on_train_result=log_optimizer_steps)
     return config
 
 

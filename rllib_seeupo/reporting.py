@@ -40,6 +40,7 @@ def iteration_record(result: dict[str, Any]) -> dict[str, float]:
         ("time_this_iter_s", result.get("time_this_iter_s")),
         ("time_total_s", result.get("time_total_s")),
         ("optimality_ratio", result.get("optimality_ratio")),
+        ("optimizer_steps", result.get("optimizer_steps")),
     ):
         value = _scalar(source)
         if value is not None:

@@ -71,6 +71,9 @@ def test_one_iteration_logs_per_turn_metrics_and_changes_the_policy(ray_session)
         assert stats["turn_2"]["compound_factor_min"] == stats["turn_2"]["compound_factor_max"] == 1.0
         assert result["rollouts"]["num_rollouts"] == 16 and result["rollouts"]["num_groups"] == 4
         assert 0 <= result["optimality_ratio"] <= 1
+        first = result["optimizer_steps"]
+        assert first >= 3  # at least one step per turn
+        assert algo.train()["optimizer_steps"] == 2 * first  # lifetime: the same steps again
         after = _table(algo)
         assert not torch.allclose(before, after), "training did not change the policy"
     finally:

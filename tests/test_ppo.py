@@ -122,7 +122,10 @@ def test_ppo_trains_the_tabular_module_on_the_bandit(ray_session):
         module = _learner_module(algo)
         values_before = module.values.detach().clone()
         ratios = [algo.train()["optimality_ratio"] for _ in range(8)]
-        result_stats = algo.train()["learners"][SHARED_MODULE_ID]
+        result = algo.train()
+        # RLlib's PPO steps once per minibatch of 64 rows, in every epoch.
+        assert result["optimizer_steps"] == result["learners"][SHARED_MODULE_ID]["num_module_steps_trained_lifetime"] / 64
+        result_stats = result["learners"][SHARED_MODULE_ID]
         for key in PPO_LEARNER_METRICS:
             assert key in result_stats, key
         # The value table learned E[R | state] of the visited states (team rewards in [0, 1]).
