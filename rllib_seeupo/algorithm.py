@@ -87,10 +87,12 @@ class SeeUPO(Algorithm):
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             task_ids = self._train_task_ids
             picks = rng.choice(len(task_ids), size=config.tasks_per_iteration, replace=len(task_ids) < config.tasks_per_iteration)
-            episodes, runner_metrics = sample_task_groups(
-                self.env_runner_group, [task_ids[int(i)] for i in picks], config.group_size, self._seed_key, local
+            episodes, runner_metrics, retried = sample_task_groups(
+                self.env_runner_group, [task_ids[int(i)] for i in picks], config.group_size, self._seed_key, local,
+                restore=lambda: self.restore_env_runners(self.env_runner_group),
             )
             self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
+            self.metrics.log_value((ROLLOUTS, "retried_groups"), retried, window=1)
         sampling_s = time.perf_counter() - start
         rollouts, advantages = self._group_advantages(episodes)
         tokens = self.metrics.peek((ROLLOUTS, "response_tokens"), default=0.0)

@@ -84,12 +84,13 @@ def runner_task_ids(env_runner, split: str = "train"):
     return turn_envs(env_runner)[0].task_ids(split)
 
 
-def sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int, int] | None = None):
+def sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int, ...] | None = None):
     """Sample one complete episode per entry of this runner's task schedule; with a
-    ``seed_key`` (config.seed, iteration), from generators seeded for this iteration and runner."""
+    ``seed_key`` ((config.seed, iteration), plus the attempt for a retry), from generators
+    seeded for this iteration and runner. Returns ``(worker_index, episodes, metrics)``."""
     schedule = schedules.get(env_runner.worker_index, [])
     if not schedule:
-        return [], env_runner.get_metrics()
+        return env_runner.worker_index, [], env_runner.get_metrics()
     if seed_key is not None:
         global_seed, module_seed = iteration_seeds(seed_key, SAMPLING_STREAM, env_runner.worker_index, 2)
         # RLlib samples actions from torch's global generator (the tabular module's
@@ -102,21 +103,56 @@ def sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int
     for sub_env in turn_envs(env_runner):
         sub_env.task_queue = queue
     episodes = env_runner.sample(num_episodes=len(schedule), explore=True)
-    return episodes, env_runner.get_metrics()
+    return env_runner.worker_index, episodes, env_runner.get_metrics()
 
 
-def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key: tuple[int, int] | None, local: bool):
+# Rounds of sampling in one iteration: the first, then retries of the task groups whose env
+# runner was lost (its process died), on the runners still healthy or restarted.
+MAX_SAMPLING_ROUNDS = 4
+
+
+def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key: tuple[int, int] | None, local: bool,
+                       restore=None):
     """Roll out each of ``tasks`` ``group_size`` times, the tasks dealt round-robin over the
-    healthy env runners (the local one when ``local``). Returns the finished episodes and
-    each runner's metrics."""
-    workers = [0] if local else env_runner_group.healthy_worker_ids()
-    schedules = {w: [t for t in tasks[j :: len(workers)] for _ in range(group_size)] for j, w in enumerate(workers)}
-    results = env_runner_group.foreach_env_runner(
-        functools.partial(sample_scheduled, schedules=schedules, seed_key=seed_key),
-        local_env_runner=local,
-        remote_worker_ids=None if local else workers,
+    healthy env runners (the local one when ``local``).
+
+    A remote env runner that fails while sampling (with RLlib's ``restart_failed_env_runners``,
+    the default, its error is logged, not raised) returns nothing: its tasks' groups are
+    sampled again, whole, with seeds of their own, on the runners still healthy, so the
+    iteration still gets every group. Only when none is left does it wait for restarted ones
+    (``restore()``: the algorithm's ``restore_env_runners``, which also gives them the current
+    weights; RLlib calls it at the start of every iteration as well).
+
+    Returns the finished episodes, each runner's metrics and the number of task groups that
+    were sampled again."""
+    pending, episodes, metrics, retried = list(tasks), [], [], 0
+    for attempt in range(MAX_SAMPLING_ROUNDS):
+        workers = [0] if local else env_runner_group.healthy_worker_ids()
+        if not workers and restore is not None:
+            restore()
+            workers = env_runner_group.healthy_worker_ids()
+        if not workers:
+            break
+        schedules = {w: [t for t in pending[j :: len(workers)] for _ in range(group_size)] for j, w in enumerate(workers)}
+        key = seed_key if seed_key is None or not attempt else (*seed_key, attempt)
+        results = env_runner_group.foreach_env_runner(
+            functools.partial(sample_scheduled, schedules=schedules, seed_key=key),
+            local_env_runner=local,
+            remote_worker_ids=None if local else workers,
+        )
+        answered = set()
+        for worker, eps, runner_metrics in results:
+            answered.add(worker)
+            episodes += eps
+            metrics.append(runner_metrics)
+        pending = [t for j, w in enumerate(workers) if w not in answered for t in pending[j :: len(workers)]]
+        if not pending:
+            return episodes, metrics, retried
+        retried += len(pending)
+    raise RuntimeError(
+        f"sampling lost {len(pending)} task group(s) in {MAX_SAMPLING_ROUNDS} rounds: no healthy env runner "
+        "answered (set restart_failed_env_runners=True, RLlib's default, so that failed runners are restarted)"
     )
-    return [ep for eps, _ in results for ep in eps], [metrics for _, metrics in results]
 
 
 # -- episodes to rollouts ------------------------------------------------------------------

@@ -150,7 +150,11 @@ def test_scale_out_remote_env_runners_and_two_ddp_learners(ray_session):
     algo = config.build_algo()
     try:
         first = algo.train()
-        for _ in range(4):
+        # Env runner 1 dies in the next iteration: its two tasks are sampled again on runner 2.
+        algo.env_runner_group.foreach_env_runner(_crash_at_next_episode(1), local_env_runner=False)
+        result = algo.train()
+        assert result["rollouts"]["retried_groups"] == 2 and result["rollouts"]["num_groups"] == 4
+        for _ in range(3):
             result = algo.train()
         stats = result["learners"][SHARED_MODULE_ID]
         assert {"turn_0", "turn_1", "turn_2"} <= set(stats)
@@ -163,6 +167,51 @@ def test_scale_out_remote_env_runners_and_two_ddp_learners(ray_session):
         )
         tables = [w.get() for w in weights]
         assert len(tables) == 2 and np.allclose(tables[0], tables[1])
+    finally:
+        algo.stop()
+
+
+def _crash_at_next_episode(index: int | None):
+    """A function for ``foreach_env_runner`` that makes runner ``index``'s process exit (as a
+    crash would) when its next episode starts; it returns ``(worker index, pid)``. A closure,
+    so Ray pickles it by value (the workers cannot import this test module)."""
+
+    def arm(env_runner):
+        import os
+
+        from rllib_seeupo.rollouts import turn_envs
+
+        if env_runner.worker_index == index:
+            for sub_env in turn_envs(env_runner):
+                sub_env.reset = lambda *args, **kwargs: os._exit(1)
+        return env_runner.worker_index, os.getpid()
+
+    return arm
+
+
+@pytest.mark.slow
+def test_a_lost_env_runner_costs_a_retry_not_the_iteration(ray_session):
+    """An env runner whose process dies while sampling: its task groups are sampled again on
+    the healthy runners (or after the restart), the iteration gets all its groups and says
+    how many were retried."""
+    config = bandit_config(group_size=4, tasks_per_iteration=4, kl_coeff=0.0).env_runners(num_env_runners=2)
+    assert config.restart_failed_env_runners  # RLlib's default
+    algo = config.build_algo()
+    try:
+        assert algo.train()["rollouts"]["retried_groups"] == 0
+        pids = dict(algo.env_runner_group.foreach_env_runner(_crash_at_next_episode(1), local_env_runner=False))
+        result = algo.train()
+        assert result["rollouts"]["retried_groups"] == 2  # runner 1's two tasks (4 tasks over 2 runners)
+        assert result["rollouts"]["num_groups"] == 4 and result["rollouts"]["num_rollouts"] == 16
+        assert {"turn_0", "turn_1", "turn_2"} <= set(result["learners"][SHARED_MODULE_ID])
+        # Runner 1 was restarted (a new process); RLlib brings it back at an iteration's start.
+        for _ in range(60):
+            result = algo.train()
+            if algo.env_runner_group.healthy_worker_ids() == [1, 2]:
+                break
+        now = dict(algo.env_runner_group.foreach_env_runner(_crash_at_next_episode(None), local_env_runner=False))
+        assert now[1] != pids[1] and now[2] == pids[2]
+        assert algo.train()["rollouts"]["retried_groups"] == 0
     finally:
         algo.stop()
 
