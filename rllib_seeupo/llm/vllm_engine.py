@@ -71,15 +71,20 @@ class VLLMEngine:
         from vllm import LLM
 
         s = module.settings
+        engine = s["engine"]
+        optional = {key: engine[key] for key in ("gpu_memory_utilization", "enable_prefix_caching") if engine[key] is not None}
         self.module = module
         self.llm = LLM(
             model=model_path,
             tokenizer=model_path,
             dtype=s["dtype"],
             max_model_len=int(s["max_prompt_tokens"]) + int(s["max_new_tokens"]),
-            enforce_eager=True,
+            tensor_parallel_size=engine["tensor_parallel_size"],
+            enforce_eager=engine["enforce_eager"],
             logprobs_mode="processed_logprobs",
             worker_extension_cls=f"{__name__}.WeightSyncExtension",
+            **optional,
+            **engine["kwargs"],
         )
         # The module's version when the engine last loaded its weights; None: never (the
         # module may differ from the folder: an adapter, restored or synced weights).
