@@ -103,7 +103,17 @@ def sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int
     for sub_env in turn_envs(env_runner):
         sub_env.task_queue = queue
     episodes = env_runner.sample(num_episodes=len(schedule), explore=True)
+    log_weight_syncs(env_runner)
     return env_runner.worker_index, episodes, env_runner.get_metrics()
+
+
+def log_weight_syncs(env_runner) -> None:
+    """This iteration's weight syncs into a rollout engine (vLLM's: ``LLMRLModule``'s
+    ``pop_weight_sync_stats``) as ``env_runners/weight_sync/{count,bytes,seconds}``."""
+    for module in env_runner.module.values():
+        for sync in getattr(module, "pop_weight_sync_stats", list)():
+            for key, value in (("count", 1), ("bytes", sync["bytes"]), ("seconds", sync["seconds"])):
+                env_runner.metrics.log_value(("weight_sync", key), value, reduce="sum", clear_on_reduce=True)
 
 
 # Rounds of sampling in one iteration: the first, then retries of the task groups whose env

@@ -87,9 +87,12 @@ def test_vllm_engine_without_vllm_names_the_install_command(tiny_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [None, {"rank": 4, "init": False}], ids=["full", "lora"])
+@pytest.mark.parametrize("lora", [None, {"rank": 1, "target_modules": ["q_proj"], "init": False}], ids=["full", "lora"])
 def test_vllm_recorded_logp_equals_recomputed_logp_before_and_after_a_weight_change(vllm_model, lora):
+    """With LoRA only the adapter goes to the engine: its payload is under 1% of the model's."""
     module = _module(vllm_model, lora=lora)
+    model_bytes = sum(p.numel() * p.element_size() for p in module.model.get_base_model().parameters()) if lora else \
+        sum(p.numel() * p.element_size() for p in module.model.parameters())
     try:
         torch.manual_seed(0)
         out = module._forward_exploration({"obs": _observations(6)})
@@ -108,6 +111,11 @@ def test_vllm_recorded_logp_equals_recomputed_logp_before_and_after_a_weight_cha
         torch.manual_seed(1)
         batch = _batch(module._forward_exploration({"obs": _observations(6)}))
         assert _max_gap(module, batch) < TOLERANCE
+        first, synced = module.pop_weight_sync_stats()  # the first load, then the change
+        if lora:
+            assert 0 < synced["bytes"] < 0.01 * model_bytes, (synced, model_bytes)
+        else:
+            assert synced["bytes"] >= 0.9 * model_bytes  # every weight (a tied head once)
         module.set_state(old)  # the same ids under the old weights: the change mattered
         assert _max_gap(module, batch) > 100 * TOLERANCE
     finally:
@@ -156,6 +164,8 @@ def test_vllm_engine_in_a_seeupo_iteration_tracks_the_learner_weights(vllm_model
     try:
         result = algo.train()  # samples with vLLM, updates, syncs the adapter
         assert result["rollouts"]["num_rollouts"] == 4
+        syncs = result["env_runners"]["weight_sync"]  # the engine's first load of the adapter
+        assert syncs["count"] == 1 and syncs["bytes"] > 0 and syncs["seconds"] >= 0
         [(version, out)] = algo.env_runner_group.foreach_env_runner(
             sample_and_record, local_env_runner=local, remote_worker_ids=None if local else [1]
         )

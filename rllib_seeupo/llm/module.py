@@ -253,6 +253,11 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
             self._vllm = VLLMEngine(self, resolve_model(self.settings["model"]))
         return self._vllm
 
+    def pop_weight_sync_stats(self) -> list[dict[str, float]]:
+        """The rollout engine's weight syncs since the last call, ``{"bytes", "seconds"}``
+        each (none for the transformers engine: it generates with the module's own weights)."""
+        return self._vllm.pop_sync_stats() if self._vllm is not None else []
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], *, sample: bool) -> list[dict[str, Any]]:
         """One response per prompt, generated as a single batch.

@@ -10,8 +10,11 @@ log-probs at T = 1, since vLLM skips temperature scaling for greedy requests.
 
 Weights: the engine holds its own copy. After ``LLMRLModule.set_state`` (the weight sync
 after every training iteration) the module's weights version moves on and, before the next
-generation, the engine reloads the module's full weights in place (a LoRA adapter merged
-into the base weights first), through a worker extension, so no callable is ever pickled.
+generation, the engine takes the module's new weights by what changed: with LoRA only the
+adapter (a few MB, written with peft and loaded by vLLM as a new ``LoRARequest``; the base
+weights it applies to are the model folder's, which LoRA never changes), else the full
+weights, reloaded in place through a worker extension (so no callable is ever pickled).
+Each sync's payload bytes and seconds are kept for the results (``pop_sync_stats``).
 
 vLLM runs its engine and worker in spawned processes: a script that builds it needs an
 ``if __name__ == "__main__":`` guard. It works in the driver (``num_env_runners=0``) and in
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,6 +67,10 @@ class WeightSyncExtension:
             head.quant_method.process_weights_after_loading(head)
 
 
+# The ranks vLLM's LoRA kernels take as ``max_lora_rank`` (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 class VLLMEngine:
     """One ``vllm.LLM`` serving a module's generation; created lazily by the module."""
 
@@ -73,6 +82,12 @@ class VLLMEngine:
         s = module.settings
         engine = s["engine"]
         optional = {key: engine[key] for key in ("gpu_memory_utilization", "enable_prefix_caching") if engine[key] is not None}
+        self.lora_rank = int(s["lora"].get("rank", 8)) if s["lora"] else None
+        if self.lora_rank is not None:
+            fits = [r for r in VLLM_LORA_RANKS if r >= self.lora_rank]
+            if not fits:
+                raise ValueError(f"LLMRLModule: vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; lora.rank is {self.lora_rank}")
+            optional.update(enable_lora=True, max_lora_rank=fits[0], max_loras=1)
         self.module = module
         self.llm = LLM(
             model=model_path,
@@ -89,19 +104,55 @@ class VLLMEngine:
         # The module's version when the engine last loaded its weights; None: never (the
         # module may differ from the folder: an adapter, restored or synced weights).
         self.weights_version = None
+        self.lora_request = None  # the adapter that requests are served with (LoRA only)
+        self._adapter_dir = None
+        self._syncs: list[dict[str, float]] = []
 
     def sync_weights(self) -> None:
-        """Load the module's current weights into the engine if they changed since."""
+        """Load the module's current weights into the engine if they changed since: the
+        adapter alone with LoRA, else the full weights."""
         version = self.module.weights_version
         if version == self.weights_version:
             return
+        start = time.perf_counter()
+        payload = self._load_adapter() if self.lora_rank is not None else self._load_full_weights()
+        self.weights_version = version
+        self._syncs.append({"bytes": float(payload), "seconds": time.perf_counter() - start})
+
+    def _load_full_weights(self) -> int:
         from safetensors.torch import save
 
         blob = save({k: v.contiguous() for k, v in merged_state_dict(self.module.model).items()})
         self.llm.collective_rpc("load_policy_weights", args=(blob,))
         # Cached prompt heads were computed with the old weights.
         self.llm.reset_prefix_cache()
-        self.weights_version = version
+        return len(blob)
+
+    def _load_adapter(self) -> int:
+        """Write the module's adapter (peft's files) and serve requests with it under a new
+        LoRA id; the previous adapter is dropped. Returns the adapter file's bytes."""
+        import tempfile
+        from pathlib import Path
+
+        from vllm.lora.request import LoRARequest
+
+        if self._adapter_dir is None:
+            self._adapter_dir = tempfile.TemporaryDirectory(prefix="rllib_seeupo_adapter_")
+        previous = self.lora_request
+        lora_id = 1 if previous is None else previous.lora_int_id + 1
+        folder = Path(self._adapter_dir.name) / f"v{lora_id}"
+        self.module.model.save_pretrained(folder)  # a peft model saves its adapter alone
+        self.lora_request = LoRARequest(f"policy-v{lora_id}", lora_id, str(folder))
+        if previous is not None:
+            self.llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
+        return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+    def pop_sync_stats(self) -> list[dict[str, float]]:
+        """The weight syncs since the last call: ``{"bytes", "seconds"}`` each (the adapter
+        is loaded by vLLM with the first request that uses it, so its seconds count there)."""
+        syncs, self._syncs = self._syncs, []
+        return syncs
 
     def generate(self, prompts: list[list[int]], *, sample: bool) -> list[dict[str, Any]]:
         """Same contract as ``LLMRLModule.generate``."""
@@ -130,7 +181,8 @@ class VLLMEngine:
             )
             for seed in seeds
         ]
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False,
+                                    lora_request=self.lora_request)
         results = []
         for output in outputs:
             completion = output.outputs[0]
@@ -152,6 +204,8 @@ class VLLMEngine:
     def close(self) -> None:
         """Stop the engine's processes (they also exit with their parent)."""
         self.llm.llm_engine.engine_core.shutdown()
+        if self._adapter_dir is not None:
+            self._adapter_dir.cleanup()
 
 
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
