@@ -260,18 +260,24 @@ def test_train_with_tune_sampled_values(ray_session, tmp_path):
     assert summary["checkpoint"]
 
 
-def test_llm_run_reports_held_out_success_before_and_after(ray_session, tiny_model, tmp_path):
-    main_job = (ROOT / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml").read_text()
-    assert "evaluation:" in main_job
+def test_llm_run_reports_held_out_success_before_and_after(ray_session, tiny_model, tmp_path, monkeypatch):
+    """The main job's file (make train), shrunk: its warm start, then held-out success before
+    (the warm-started model's) and after, and the eval command on its checkpoint."""
+    monkeypatch.setenv("RLLIB_SEEUPO_CACHE", str(tmp_path / "cache"))
+    main_job = ROOT / "tuned_examples" / "tool_tasks_dependent_seeupo_smollm2.yaml"
+    assert "evaluation:" in (ROOT / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml").read_text()
     out = tmp_path / "llm"
     args = [
-        "train", str(ROOT / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml"), "--no-tune", "--stop-iters", "1",
+        "train", str(main_job), "--no-tune", "--stop-iters", "1",
         "--output-dir", str(out), "--set", f"model_config.model={tiny_model}", "--set", "model_config.lora.rank=2",
         "--set", "evaluation.num_tasks=4", "--set", "group_size=2", "--set", "tasks_per_iteration=2",
         "--set", "num_envs_per_env_runner=4", "--set", "model_config.max_new_tokens=8",
+        "--set", "warm_start.demonstrations=4", "--set", "warm_start.steps=2",
     ]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
+    warm = summary["warm_start"]
+    assert warm["steps"] == 2 and len(warm["loss"]) == 2 and warm["path"].startswith(str(tmp_path / "cache"))
     final = summary["final"]
     assert 0.0 <= final["eval_success_before"] <= 1.0 and 0.0 <= final["eval_success_after"] <= 1.0
     assert summary["evaluation"]["before"]["num_episodes"] == 4
@@ -287,7 +293,8 @@ def test_llm_run_reports_held_out_success_before_and_after(ray_session, tiny_mod
     eval_dir = tmp_path / "eval"
     assert main([
         "eval", "--env", "seeupo/tool_tasks", "--model", str(out / "checkpoint"), "--episodes", "4",
-        "--env-config", "max_turns=3", "--env-config", "parse_error_penalty=0.0", "--output-dir", str(eval_dir),
+        "--env-config", "max_turns=3", "--env-config", "parse_error_penalty=0.0", "--env-config", "levels=[1,2,5,6,7]",
+        "--env-config", "level_weights=[1,1,2,2,2]", "--output-dir", str(eval_dir),
     ]) == 0
     report = json.loads((eval_dir / "eval.json").read_text())
     after = summary["evaluation"]["after"]

@@ -12,6 +12,7 @@ from rllib_seeupo.evaluation import EVALUATION_BEFORE, HeldOutEvaluation, figure
 from rllib_seeupo.experiment import build_config, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
+# The base of the main job (tool_tasks_dependent_seeupo_smollm2.yaml) and of every tool_tasks example.
 MAIN_JOB = ROOT / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml"
 PPO_JOB = ROOT / "tuned_examples" / "tool_tasks_ppo_smollm2.yaml"
 SWEEP = ROOT / "tuned_examples" / "tool_tasks_seeupo_lr_sweep_smollm2.yaml"
@@ -71,7 +72,7 @@ def test_a_metric_without_an_evaluation_section_fails_on_load(tmp_path):
 
 
 def test_the_main_example_runs_as_a_tune_trial_with_held_out_figures_at_its_budget(ray_session, tiny_model, tmp_path):
-    """The main job's file, unchanged but for the tiny model, in the CLI's default (Tune)
+    """The main job's base file, unchanged but for the tiny model, in the CLI's default (Tune)
     mode: the trial stops on its env-step budget and measures the held-out tasks before
     training and in its last result, as the in-process run does."""
     out = tmp_path / "tune"
