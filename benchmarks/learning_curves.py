@@ -266,11 +266,13 @@ def collapsed(start: float, final: float) -> bool:
 
 def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> str:
     """Held-out greedy success after training per algorithm: every seed, the paired
-    difference against the baseline, per-level figures and collapses (a seed that ends
-    more than 5 points below the untrained model)."""
+    difference against the baseline, per-level figures, collapses (a seed that ends more
+    than 5 points below the start: the untrained or warm-started model, ``untrained.json``),
+    and the multi-decision levels against the start and the best blind policy."""
     untrained_path = out / "untrained.json"
     untrained = json.loads(untrained_path.read_text()) if untrained_path.exists() else None
-    base_figures = None
+    base_figures, blind = None, {}
+    start = "warm-started" if untrained and untrained.get("setting", {}).get("warm_start") else "untrained"
     if untrained is not None:
         groups = (untrained.get("groups") or {})
         base_figures = {"all": untrained["success_rate"]}
@@ -298,7 +300,8 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
     if base_figures is not None:
         md = multi_decision(base_figures, multi)
         start = "warm-started" if untrained.get("setting", {}).get("warm_start") else "untrained"
-        lines.append(_row([start, "1", "0", f"{base_figures['all']:.3f}", "-", "-",
+        supervised = (untrained.get("setting", {}).get("warm_start") or {}).get("steps")
+        lines.append(_row([start, "1", f"0 (+{supervised} supervised)" if supervised else "0", f"{base_figures['all']:.3f}", "-", "-",
                            *(f"{base_figures[level]:.3f}" if level in base_figures else "-" for level in levels),
                            "-" if md is None else f"{md:.3f}", "-", "-"]))
         blind = {level: figures["blind_success"] for level, figures in groups.items() if "blind_success" in figures}
@@ -333,8 +336,24 @@ def held_out_table(env: str, runs: dict[str, list[dict]], args, out: Path) -> st
             *level_cells, md_cell, "-" if md_paired is None else f"{md_paired[0]:+.3f} +- {md_paired[1]:.3f}",
             drift_cell([largest_drift(r) for r in rs]),
         ]))
+    start_md = None if base_figures is None else multi_decision(base_figures, multi)
+    blind_md = None if base_figures is None or not blind else multi_decision(blind_figures, multi)
+    if start_md is not None:
+        lines += ["", f"levels {name} after training minus the start (the {start} model) and minus the best blind "
+                      "policy, per algorithm (95% Student-t over its seeds; the baselines are fixed figures):", "",
+                  _row(["algorithm", "seeds", f"{name} - start", f"{name} - best blind"]), _row(["---"] * 4)]
+        for label, rs in with_eval.items():
+            values = [multi_decision(held_out(r), multi) for r in rs]
+            if None in values:
+                continue
+            cells = []
+            for reference in (start_md, blind_md):
+                interval = None if reference is None else paired_interval([v - reference for v in values])
+                cells.append("-" if interval is None else f"{interval[0]:+.3f} +- {interval[1]:.3f}")
+            lines.append(_row([label, str(len(rs)), *cells]))
     lines += ["", "std: the sample std over seeds (ddof 1); intervals: 95% Student-t over the paired seeds. "
-              "collapses: seeds whose held-out success ended more than 0.05 below the untrained model's.",
+              "collapses: seeds whose held-out success ended more than 0.05 below the start's (the untrained "
+              "or warm-started model that every run begins from).",
               "largest KL / clip share: per run, the largest k3 KL from the rollout policy and the largest share "
               "of rows (responses) whose sequence-level ratio left the clip range, each a turn update's mean over its minibatches, "
               "in any turn update of any iteration; '-' where the run measures neither against the rollout "

@@ -90,6 +90,7 @@ class SeeUPO(Algorithm):
             episodes, runner_metrics, retried = sample_task_groups(
                 self.env_runner_group, [task_ids[int(i)] for i in picks], config.group_size, self._seed_key, local,
                 restore=lambda: self.restore_env_runners(self.env_runner_group),
+                restore_timeout_s=config.env_runner_restore_timeout_s,
             )
             self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
             self.metrics.log_value((ROLLOUTS, "retried_groups"), retried, window=1)

@@ -154,9 +154,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-# What ``model_config`` may change on a restored checkpoint: how it decodes, not its
-# weights or prompt format.
-# What a restored module may change: how it decodes, and with which rollout engine.
+# What ``model_config`` may change on a restored checkpoint: how it decodes and with which
+# rollout engine, not its weights or prompt format.
 CHECKPOINT_OVERRIDES = ("max_prompt_tokens", "max_new_tokens", "temperature", "top_p", "stop_strings", "engine")
 
 

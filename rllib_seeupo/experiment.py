@@ -642,45 +642,66 @@ def search_space(experiment: Experiment) -> dict[str, Any]:
     return {k: convert(v) for k, v in experiment.config.items() if _has_search(v)}
 
 
-def prepare_warm_start(experiment: Experiment) -> dict[str, Any] | None:
-    """Run the experiment's ``warm_start`` (supervised fine-tuning on the env's
-    demonstrations of its first train tasks; ``rllib_seeupo.llm.warm_start``) unless a run
-    with the same settings left its model in the cache, and make that model folder the
-    experiment's ``model_config.model``. Returns the warm start's record (its ``path``
-    added), None without a ``warm_start`` section. Call after ``validate_experiment``."""
-    if not experiment.warm_start:
-        return None
+# Moves on when the warm start's computation changes, so that cached models are not reused.
+WARM_START_VERSION = 1
+
+
+def warm_start_folder(experiment: Experiment) -> tuple[Path, list]:
+    """Where the experiment's warm-started model is cached, named by a hash of everything it
+    depends on (the model, its LoRA shape and response encoding, the demonstration chats
+    themselves, the warm start's settings, ``WARM_START_VERSION``), and the chats."""
     import hashlib
     import json
-    import shutil
 
     from rllib_seeupo.llm.models import cache_dir
     from rllib_seeupo.llm.module import DEFAULTS
-    from rllib_seeupo.llm.warm_start import RECORD, warm_start
     from rllib_seeupo.turn_env import TURN_ENVS, resolve_env_fn
 
-    model_config = experiment.config.setdefault("model_config", {})
-    model = model_config.get("model", DEFAULTS["model"])
+    settings = {**DEFAULTS, **(experiment.config.get("model_config") or {})}
     env_config = experiment.config.get("env_config") or {}
-    settings = experiment.warm_start
+    env = resolve_env_fn(TURN_ENVS[experiment.env.removeprefix("seeupo/")])(**env_config).unwrapped
+    chats = env.demonstrations(list(env.task_ids("train")[: experiment.warm_start["demonstrations"]]))
     key = json.dumps({
-        "model": model, "env": experiment.env, "env_config": env_config, "lora": model_config.get("lora"),
-        "response_prefix": model_config.get("response_prefix", ""), **settings,
+        "version": WARM_START_VERSION, "model": settings["model"], "lora": settings["lora"],
+        "response_prefix": settings["response_prefix"], "stop_strings": settings["stop_strings"], "chats": chats,
+        **experiment.warm_start,
     }, sort_keys=True, default=str)
-    folder = cache_dir() / "warm_start" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if not (folder / RECORD).exists():
-        env = resolve_env_fn(TURN_ENVS[experiment.env.removeprefix("seeupo/")])(**env_config).unwrapped
-        chats = env.demonstrations(list(env.task_ids("train")[: settings["demonstrations"]]))
-        # Written aside, then renamed: an interrupted warm start never looks complete.
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"warm start: {settings['steps']} steps on the demonstrations of {len(chats)} train tasks", flush=True)
-        warm_start(model, chats, tmp, response_prefix=model_config.get("response_prefix", ""), lora=model_config.get("lora"),
-                   steps=settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"], seed=settings["seed"])
-        if (folder / RECORD).exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
+    return cache_dir() / "warm_start" / hashlib.sha256(key.encode()).hexdigest()[:16], chats
+
+
+def prepare_warm_start(experiment: Experiment) -> dict[str, Any] | None:
+    """Run the experiment's ``warm_start`` (supervised fine-tuning on the env's
+    demonstrations of its first train tasks; ``rllib_seeupo.llm.warm_start``) unless a run
+    with the same settings and demonstrations left its model in the cache, and make that
+    model folder the experiment's ``model_config.model``. Returns the warm start's record
+    (its ``path`` added), None without a ``warm_start`` section. Call after
+    ``validate_experiment``. Processes that start the same warm start at once take turns
+    (a file lock): one trains, the others reuse its folder."""
+    if not experiment.warm_start:
+        return None
+    import fcntl
+    import json
+    import shutil
+
+    from rllib_seeupo.llm.module import DEFAULTS
+    from rllib_seeupo.llm.warm_start import RECORD, warm_start
+
+    model_config = experiment.config.setdefault("model_config", {})
+    settings = {**DEFAULTS, **model_config}
+    warm = experiment.warm_start
+    folder, chats = warm_start_folder(experiment)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / RECORD).exists():
+            # Written aside, then renamed: an interrupted warm start never looks complete.
+            tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"warm start: {warm['steps']} steps on the demonstrations of {len(chats)} train tasks", flush=True)
+            warm_start(settings["model"], chats, tmp, response_prefix=settings["response_prefix"],
+                       stop_strings=settings["stop_strings"], lora=settings["lora"], steps=warm["steps"],
+                       batch_size=warm["batch_size"], lr=warm["lr"], seed=warm["seed"])
+            shutil.rmtree(folder, ignore_errors=True)  # a folder without its record: an older, broken one
             tmp.replace(folder)
     record = json.loads((folder / RECORD).read_text())
     model_config["model"] = str(folder)

@@ -79,9 +79,10 @@ OPTIMIZER_STEPS = "optimizer_steps"
 
 
 def _optimizer_steps(learner) -> int | None:
-    """The largest per-parameter step count in the learner's optimizers' state (Adam's
-    ``step``; None before the first step and for an optimizer that keeps none)."""
-    steps = [int(state["step"]) for optimizer in learner._named_optimizers.values()
+    """The shared module's optimizer steps: the largest per-parameter step count in its
+    optimizers' state (Adam's ``step``, which every parameter with a gradient moves on at
+    each step; None before the first step and for an optimizer that keeps none)."""
+    steps = [int(state["step"]) for _, optimizer in learner.get_optimizers_for_module(SHARED_MODULE_ID)
              for state in optimizer.state.values() if "step" in state]
     return max(steps) if steps else None
 

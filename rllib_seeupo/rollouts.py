@@ -8,6 +8,7 @@ import collections
 import dataclasses
 import functools
 import random
+import time
 from typing import Any, Hashable
 
 import numpy as np
@@ -113,7 +114,7 @@ def log_weight_syncs(env_runner) -> None:
     for module in env_runner.module.values():
         for sync in getattr(module, "pop_weight_sync_stats", list)():
             for key, value in (("count", 1), ("bytes", sync["bytes"]), ("seconds", sync["seconds"])):
-                env_runner.metrics.log_value(("weight_sync", key), value, reduce="sum", clear_on_reduce=True)
+                env_runner.metrics.log_value(("weight_sync", key), value, reduce="sum")
 
 
 # Rounds of sampling in one iteration: the first, then retries of the task groups whose env
@@ -122,27 +123,34 @@ MAX_SAMPLING_ROUNDS = 4
 
 
 def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key: tuple[int, int] | None, local: bool,
-                       restore=None):
+                       restore=None, restore_timeout_s: float = 1800.0):
     """Roll out each of ``tasks`` ``group_size`` times, the tasks dealt round-robin over the
     healthy env runners (the local one when ``local``).
 
     A remote env runner that fails while sampling (with RLlib's ``restart_failed_env_runners``,
     the default, its error is logged, not raised) returns nothing: its tasks' groups are
     sampled again, whole, with seeds of their own, on the runners still healthy, so the
-    iteration still gets every group. Only when none is left does it wait for restarted ones
-    (``restore()``: the algorithm's ``restore_env_runners``, which also gives them the current
-    weights; RLlib calls it at the start of every iteration as well).
+    iteration still gets every group. Only when none is left does it wait, up to
+    ``restore_timeout_s``, for restarted ones (``restore()``: the algorithm's
+    ``restore_env_runners``, which also gives them the current weights; RLlib calls it at the
+    start of every iteration as well). A runner that fails ``MAX_SAMPLING_ROUNDS`` rounds in a
+    row (an error in the env, not a lost process) ends the iteration with an error; RLlib has
+    logged each failure's traceback.
 
     Returns the finished episodes, each runner's metrics and the number of task groups that
     were sampled again."""
     pending, episodes, metrics, retried = list(tasks), [], [], 0
     for attempt in range(MAX_SAMPLING_ROUNDS):
         workers = [0] if local else env_runner_group.healthy_worker_ids()
-        if not workers and restore is not None:
-            restore()
+        deadline = time.monotonic() + restore_timeout_s
+        while not workers and restore is not None and time.monotonic() < deadline:
+            restore()  # probes the restarting runners (each probe waits for them a while)
             workers = env_runner_group.healthy_worker_ids()
+            if not workers:
+                time.sleep(1.0)
         if not workers:
-            break
+            raise RuntimeError(f"sampling lost {len(pending)} task group(s): no env runner is healthy "
+                               f"{restore_timeout_s:.0f} s after the failure (restart_failed_env_runners restarts them)")
         schedules = {w: [t for t in pending[j :: len(workers)] for _ in range(group_size)] for j, w in enumerate(workers)}
         key = seed_key if seed_key is None or not attempt else (*seed_key, attempt)
         results = env_runner_group.foreach_env_runner(
@@ -160,8 +168,8 @@ def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key:
             return episodes, metrics, retried
         retried += len(pending)
     raise RuntimeError(
-        f"sampling lost {len(pending)} task group(s) in {MAX_SAMPLING_ROUNDS} rounds: no healthy env runner "
-        "answered (set restart_failed_env_runners=True, RLlib's default, so that failed runners are restarted)"
+        f"sampling failed for {len(pending)} task group(s) in {MAX_SAMPLING_ROUNDS} rounds in a row; the env "
+        "runners' errors are logged above"
     )
 
 

@@ -86,6 +86,8 @@ TRAIN_CASES = {
                           ["engine.enforce_eager", "true or false"]),
     "engine kwargs overriding a setting": (TOOL, ["--set", "model_config.engine={kind: vllm, kwargs: {dtype: float16}}"],
                                            ["engine.kwargs.dtype", "set by the engine"]),
+    "engine kwargs overriding LoRA serving": (TOOL, ["--set", "model_config.engine={kind: vllm, kwargs: {max_loras: 2}}"],
+                                              ["engine.kwargs.max_loras", "set by the engine"]),
     "bad micro_batch_tokens": (TOOL, ["--set", "micro_batch_tokens=0"], ["micro_batch_tokens", ">= 1"]),
     "bad module_class": (BANDIT, ["--set", "module_class=nope.Module"], ["'nope.Module'"]),
     "key through a value": (BANDIT, ["--set", "lr.x=1"], ["'lr.x=1'", "config.lr is 0.1"]),

@@ -185,7 +185,7 @@ def test_vllm_engine_in_a_seeupo_iteration_tracks_the_learner_weights(vllm_model
         result = algo.train()  # samples with vLLM, updates, syncs the adapter
         assert result["rollouts"]["num_rollouts"] == 4
         syncs = result["env_runners"]["weight_sync"]  # the engine's first load of the adapter
-        assert syncs["count"] == 1 and syncs["bytes"] > 0 and syncs["seconds"] >= 0
+        assert syncs["count"] == 1 and syncs["bytes"] > 0 and "seconds" in syncs
         [(version, out)] = algo.env_runner_group.foreach_env_runner(
             sample_and_record, local_env_runner=local, remote_worker_ids=None if local else [1]
         )

@@ -42,10 +42,16 @@ def test_supervised_pairs_are_encoded_as_the_module_encodes_prompts(tiny_model):
     )
     from envs.text import encode_messages
 
-    k = next(i for i, m in enumerate(chats[0]) if m["role"] == "assistant")
-    prompt, response = pairs[0]
-    assert prompt == module.encode_prompt(encode_messages(chats[0][:k]))
-    assert "[" + tokenizer.decode(response) == chats[0][k]["content"]
+    # Every turn, tool replies in its prompt included: the prompt the rollout would see.
+    turns = [(chat, k) for chat in chats for k, m in enumerate(chat) if m["role"] == "assistant"]
+    for (chat, k), (prompt, response) in zip(turns, pairs):
+        assert prompt == module.encode_prompt(encode_messages(chat[:k]))
+        # Without stop strings a rollout's response ends with eos, and so does its target.
+        assert response[-1] == tokenizer.eos_token_id
+        assert "[" + tokenizer.decode(response[:-1]) == chat[k]["content"]
+    # With the main job's stop string "]", generation stops there: no eos to learn.
+    stopped = supervised_pairs(tokenizer, chats, response_prefix="[", stop_strings=["]"])
+    assert [r for _, r in stopped] == [r[:-1] for _, r in pairs]
     with pytest.raises(ValueError, match="response prefix"):
         supervised_pairs(tokenizer, chats, response_prefix="<call>")
 

@@ -272,7 +272,8 @@ class raw_env(AECEnv):
         (``rllib_seeupo.llm.warm_start``)."""
         chats = []
         for task_id in task_ids:
-            demo = raw_env(max_turns=self.max_turns, levels=self.levels, level_weights=self.level_weights)
+            demo = raw_env(max_turns=self.max_turns, levels=self.levels, level_weights=self.level_weights,
+                           max_action_chars=self._action_space.max_length, max_result_chars=self.max_result_chars)
             demo.reset(options={"task_id": int(task_id)})
             while demo.agents and not demo.terminations[demo.agent_selection]:
                 demo.step(oracle_response(demo.task, demo.messages))

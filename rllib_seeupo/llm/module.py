@@ -91,7 +91,11 @@ ENGINE_DEFAULTS = {
     "kwargs": {},
 }
 # vllm.LLM arguments the engine sets itself from the module's settings.
-ENGINE_OWN_ARGS = ("model", "tokenizer", "dtype", "max_model_len", "logprobs_mode", "worker_extension_cls")
+ENGINE_OWN_ARGS = (
+    "model", "tokenizer", "dtype", "max_model_len", "logprobs_mode", "worker_extension_cls",
+    "enable_lora", "max_lora_rank", "max_loras",
+)
+VLLM_MAX_LORA_RANK = 512  # the largest of vLLM's LoRA ranks (vllm.config.lora.MaxLoRARanks)
 DEFAULTS = {
     **COMPUTE_DEFAULTS,
     "model": "smollm2-135m-instruct",
@@ -114,6 +118,9 @@ def checked_settings(model_config: dict[str, Any]) -> dict[str, Any]:
     if settings["dtype"] not in DTYPES:
         raise ValueError(f"LLMRLModule: dtype must be one of {DTYPES}, got {settings['dtype']!r}")
     settings["engine"] = checked_engine(settings["engine"])
+    rank = (settings["lora"] or {}).get("rank", 8)
+    if settings["engine"]["kind"] == "vllm" and settings["lora"] and rank > VLLM_MAX_LORA_RANK:
+        raise ValueError(f"LLMRLModule: the vllm engine serves LoRA ranks up to {VLLM_MAX_LORA_RANK}, lora.rank is {rank}")
     for key in ("pack_tokens", "logprob_chunk_tokens"):
         value = settings[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -32,13 +32,16 @@ from rllib_seeupo.llm.models import resolve_model
 RECORD = "warm_start.json"
 
 
-def supervised_pairs(tokenizer, chats: list[list[dict[str, str]]], response_prefix: str = "") -> list[tuple[list[int], list[int]]]:
+def supervised_pairs(tokenizer, chats: list[list[dict[str, str]]], response_prefix: str = "",
+                     stop_strings: list[str] | tuple[str, ...] = ()) -> list[tuple[list[int], list[int]]]:
     """``(prompt ids, response ids)`` for every assistant message of every chat.
 
     The prompt is the chat before the message, encoded as ``LLMRLModule.encode_prompt``
     encodes an observation (chat template with the generation prompt, then the response
-    prefix); the response is the message without that prefix. A message that does not start
-    with the prefix cannot be a rollout's response: a ValueError names it."""
+    prefix); the response is the message without that prefix, ending as a rollout's does:
+    with the eos token, unless it ends with one of ``stop_strings`` (generation stops there).
+    A message that does not start with the prefix cannot be a rollout's response: a
+    ValueError names it."""
     pairs = []
     prefix_ids = tokenizer(response_prefix, add_special_tokens=False)["input_ids"] if response_prefix else []
     for c, chat in enumerate(chats):
@@ -52,6 +55,8 @@ def supervised_pairs(tokenizer, chats: list[list[dict[str, str]]], response_pref
             if isinstance(prompt, dict) or hasattr(prompt, "input_ids"):
                 prompt = prompt["input_ids"]
             response = tokenizer(text[len(response_prefix):], add_special_tokens=False)["input_ids"]
+            if not any(text.endswith(stop) for stop in stop_strings) and tokenizer.eos_token_id is not None:
+                response = list(response) + [tokenizer.eos_token_id]
             if response:
                 pairs.append((list(prompt) + list(prefix_ids), list(response)))
     return pairs
@@ -81,6 +86,7 @@ def warm_start(
     output_dir: str | Path,
     *,
     response_prefix: str = "",
+    stop_strings: list[str] | tuple[str, ...] = (),
     lora: dict[str, Any] | None = None,
     steps: int = 20,
     batch_size: int = 8,
@@ -92,7 +98,10 @@ def warm_start(
     epoch, from a generator seeded with ``seed``) and write the result to ``output_dir``: a
     model folder with its tokenizer and ``warm_start.json`` (the settings and every step's
     loss). ``lora``: ``{rank, alpha, dropout, target_modules}`` trains an adapter and merges
-    it; None trains every weight. Returns the record.
+    it; None trains every weight (in fp32 on the CPU: about 16 bytes a parameter with
+    AdamW, fine for the small models a CPU trains, not for an 8B one). ``response_prefix``
+    and ``stop_strings`` are the module's (``model_config``): responses are encoded as
+    rollouts record them. Returns the record.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,7 +124,7 @@ def warm_start(
             r=int(lora.get("rank", 8)), lora_alpha=float(lora.get("alpha", 16)), lora_dropout=float(lora.get("dropout", 0.0)),
             target_modules=lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"]),
         ))
-    pairs = supervised_pairs(tokenizer, chats, response_prefix)
+    pairs = supervised_pairs(tokenizer, chats, response_prefix, stop_strings)
     if not pairs:
         raise ValueError("warm_start: the demonstrations hold no assistant message")
     policy = StandalonePolicy(net, tokenizer)  # temperature 1: the plain log-likelihood
@@ -144,7 +153,7 @@ def warm_start(
     tokenizer.save_pretrained(output_dir)
     record = {
         "model": model, "chats": len(chats), "messages": len(pairs), "steps": steps, "batch_size": batch_size, "lr": lr,
-        "lora": lora, "seed": seed, "response_prefix": response_prefix, "loss": losses,
+        "lora": lora, "seed": seed, "response_prefix": response_prefix, "stop_strings": list(stop_strings), "loss": losses,
         "seconds": round(time.perf_counter() - start, 1),
     }
     (output_dir / RECORD).write_text(json.dumps(record, indent=1))
