@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: setup
-	$(PY) -m rllib_seeupo train tuned_examples/tool_tasks_seeupo_smollm2.yaml --no-tune --output-dir results/main
+	$(PY) -m rllib_seeupo train tuned_examples/tool_tasks_dependent_seeupo_smollm2.yaml --no-tune --output-dir results/main
 
 train-bandit: setup
 	$(PY) -m rllib_seeupo train tuned_examples/bandit_seeupo.yaml --no-tune --output-dir results/bandit
