@@ -15,6 +15,17 @@ own calls (prompt lengths, response lengths) the least time batched generation c
 with no padding and no overhead: the ceiling of the batched/one-at-a-time ratio on this
 machine for the same tokens.
 
+``--runners R`` compares instead one env runner with its own engine against R runners that
+share one engine (``rllib_seeupo.llm.engine_actor.RolloutEngine``), on the same episodes:
+each runner keeps ``--live`` episodes going and sends their turns' prompts to its engine,
+which batches the requests that reach it together. With Ray (CPU), the shared engine and the
+runners are Ray actors, as in training with ``engine.num_engines``; ``--no-ray`` (a GPU
+machine without Ray) runs the runners as threads of this process around one engine object.
+Reports episodes/s, tokens/s and the engine's requests per batch.
+
+    .venv/bin/python benchmarks/rollout_throughput.py --runners 2 --episodes 32 --live 8 --threads 1
+    python benchmarks/rollout_throughput.py --runners 4 --episodes 256 --live 32 --no-ray --model <folder>  # GPU
+
 vLLM starts its engine in spawned processes (hence the ``__main__`` guard below); unless
 ``VLLM_CPU_OMP_THREADS_BIND`` is set, its worker is bound to the first ``--threads`` cores,
 so both engines compute on the same number of threads. Its prefix cache is emptied before
@@ -42,7 +53,13 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["batched", "one_at_a_time"], choices=["batched", "one_at_a_time"])
     parser.add_argument("--bound", action="store_true", help="also measure step costs and the batched time bound")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--runners", type=int, default=0, help="compare one runner with its own engine "
+                        "against this many runners sharing one engine")
+    parser.add_argument("--live", type=int, default=8, help="live episodes per runner (--runners)")
+    parser.add_argument("--no-ray", action="store_true", help="--runners without Ray: runners are threads")
     args = parser.parse_args()
+    if args.runners:
+        return shared_engine_comparison(args)
 
     import os
 
@@ -130,6 +147,134 @@ def main() -> None:
             json.dump({"args": vars(args), **figures, "speedup": speedups}, f, indent=2)
     for name, value in speedups.items():
         print(f"speedup {name} {value:.2f}")
+
+
+def shared_engine_comparison(args) -> None:
+    """One runner with its own engine vs ``args.runners`` runners sharing one engine (see
+    the module docstring): the same ``args.episodes`` tasks, greedy, ``args.live`` live
+    episodes per runner, each engine on ``args.threads`` threads. Start-up is not timed."""
+    import os
+
+    if "vllm" in args.engines:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}" if args.threads > 1 else "0")
+    model_config = {"model": args.model, "max_new_tokens": args.max_new_tokens, "response_prefix": "[",
+                    "stop_strings": ["]"]}
+    tasks = list(range(10**6, 10**6 + args.episodes))
+    shards = [tasks[i :: args.runners] for i in range(args.runners)]
+    figures = {}
+    if not args.no_ray:
+        import ray
+
+        ray.init(num_cpus=args.runners + 2 * args.threads, include_dashboard=False, log_to_driver=False)
+    for engine_kind in args.engines:
+        engine = {"kind": engine_kind, "num_engines": 1, "num_cpus_per_engine": args.threads,
+                  "num_gpus_per_engine": 0 if args.no_ray else _gpus()}
+        shared_config = {**model_config, "engine": engine}
+        own_config = {**model_config, "engine": engine_kind}  # the runner generates itself (today's default)
+        if args.no_ray:
+            from rllib_seeupo.llm.engine_actor import RolloutEngine
+
+            shared = RolloutEngine(shared_config, torch_threads=args.threads)
+            own = Runner(own_config, threads=args.threads)
+            clients = [Runner(shared_config, engine=shared) for _ in shards]
+            runs = {"own_engine": lambda: [own.play(tasks, args.live)],
+                    "shared_engine": lambda: _in_threads([lambda c=c, t=t: c.play(t, args.live) for c, t in zip(clients, shards)])}
+            info = shared.info
+        else:
+            from rllib_seeupo.llm.engine_actor import start_engines
+
+            [shared] = start_engines(shared_config, torch_threads=args.threads)
+            own = ray.remote(num_cpus=args.threads)(Runner).remote(own_config, threads=args.threads)
+            clients = [ray.remote(num_cpus=1)(Runner).remote(shared_config, engine=shared) for _ in shards]
+            ray.get([shared.info.remote(), own.ready.remote()] + [c.ready.remote() for c in clients])  # started
+            runs = {"own_engine": lambda: ray.get([own.play.remote(tasks, args.live)]),
+                    "shared_engine": lambda: ray.get([c.play.remote(t, args.live) for c, t in zip(clients, shards)])}
+            info = lambda: ray.get(shared.info.remote())  # noqa: E731
+        figures[engine_kind] = {}
+        for mode, run in runs.items():
+            times, token_counts, per_batch = [], [], []
+            for _ in range(args.repeats):
+                before = info()
+                start = time.perf_counter()
+                results = run()
+                times.append(time.perf_counter() - start)
+                after = info()
+                token_counts.append(sum(r["tokens"] for r in results))
+                batches = after["batches"] - before["batches"]
+                per_batch.append((after["requests"] - before["requests"]) / batches if batches else None)
+            seconds = statistics.median(times)
+            figures[engine_kind][mode] = f = {
+                "runners": 1 if mode == "own_engine" else args.runners,
+                "seconds": seconds,
+                "episodes_per_s": args.episodes / seconds,
+                "tokens_per_s": statistics.median(token_counts) / seconds,
+                "tokens": statistics.median(token_counts),
+                "requests_per_engine_batch": per_batch[-1],
+                "success_rate": sum(r["successes"] for r in results) / args.episodes,
+            }
+            batching = f"  {f['requests_per_engine_batch']:.2f} requests per engine batch" if per_batch[-1] else ""
+            print(f"{engine_kind:12s} {mode:14s} {f['runners']} runner(s) {seconds:7.1f} s  {f['episodes_per_s']:.3f} "
+                  f"episodes/s  {f['tokens_per_s']:.1f} tokens/s{batching}  success {f['success_rate']:.2f}", flush=True)
+        runs = figures[engine_kind]
+        runs["shared_over_own"] = runs["own_engine"]["seconds"] / runs["shared_engine"]["seconds"]
+        print(f"speedup {engine_kind}_shared_engine_over_own_engine {runs['shared_over_own']:.2f}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), **figures}, f, indent=2)
+
+
+def _gpus() -> int:
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
+
+
+class Runner:
+    """One env runner's generation side: plays tasks greedily, ``live`` at a time, with a
+    model of its own (``model_config`` without engine actors) or, given ``engine`` (an
+    engine actor's handle, or a ``RolloutEngine`` object), through it with a tokenizer only."""
+
+    def __init__(self, model_config: dict, engine=None, threads: int | None = None):
+        import torch
+
+        from envs.text import AnyText
+        from rllib_seeupo.llm.module import LLMRLModule
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.module = LLMRLModule(observation_space=AnyText(10**6), action_space=AnyText(4000), inference_only=True,
+                                  model_config=model_config)
+        if engine is not None and not hasattr(engine, "remote") and hasattr(engine, "generate"):
+            self.call = lambda prompts, sample: engine.generate(prompts, sample, None)  # an engine object
+        else:
+            if engine is not None:
+                self.module.attach_engine(engine)
+            else:
+                self.module.generate([[self.module.tokenizer.eos_token_id]], sample=False)  # vLLM: start it
+            self.call = lambda prompts, sample: self.module.generate(prompts, sample=sample)
+
+    def ready(self) -> bool:
+        return True
+
+    def play(self, tasks: list[int], live: int) -> dict:
+        from rllib_seeupo.evaluation import evaluate
+
+        tokens = [0]
+
+        def policy(observations, sample):
+            out = self.call([self.module.encode_prompt(o) for o in observations], sample)
+            tokens[0] += sum(len(o["response_ids"]) for o in out)
+            return [o["text"] for o in out]
+
+        result = evaluate(policy, "tool_tasks", {"max_turns": 3}, tasks, batch_size=live)
+        return {"tokens": tokens[0], "successes": result["success_rate"] * len(tasks)}
+
+
+def _in_threads(calls: list) -> list:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
 
 
 def batched_time_bound(module, calls: list[tuple[int, list[int]]]) -> dict:

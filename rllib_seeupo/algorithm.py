@@ -19,7 +19,9 @@ from typing import Hashable
 
 import numpy as np
 import torch
+import ray
 from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS, ENV_RUNNER_SAMPLING_TIMER, LEARNER_RESULTS, LEARNER_UPDATE_TIMER,
@@ -31,6 +33,7 @@ from rllib_seeupo.batching import minibatch_indices
 from rllib_seeupo.columns import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.config import SeeUPOConfig
 from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, OLD_LOGP, TURN
+from rllib_seeupo.llm.engine_actor import start_engines
 from rllib_seeupo.learner_calls import OPTIMIZER_STEPS, learner_batches, learner_call, optimizer_steps, response_logp, seed_learners
 from rllib_seeupo.objectives import CompoundFactor, UpdateOrder
 from rllib_seeupo.timing import PhaseTimer
@@ -59,6 +62,28 @@ class SeeUPO(Algorithm):
     def get_default_config(cls) -> SeeUPOConfig:
         return SeeUPOConfig()
 
+    @classmethod
+    def default_resource_request(cls, config):
+        """RLlib's bundles (driver, env runners, learners) plus one per engine actor, so that
+        a Tune trial reserves the engines' GPUs too."""
+        from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+        from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+        request = super().default_resource_request(config)
+        if not isinstance(config, AlgorithmConfig):
+            config = cls.get_default_config().update_from_dict(config)
+        bundles = engine_bundles(config)
+        if not bundles:
+            return request
+        return PlacementGroupFactory(bundles=request.bundles + bundles, strategy=request.strategy)
+
+    def setup(self, config) -> None:
+        # Engine actors (``engine.num_engines``) start first: the held-out evaluation before
+        # training (an ``on_algorithm_init`` callback of ``super().setup``) generates on them.
+        self._engines = start_engines(config.model_config) if _num_engines(config) else []
+        self._engine_weights = 0  # the version of the learner weights the engines should hold
+        super().setup(config)
+
     def training_step(self) -> None:
         rng = np.random.default_rng([self.config.seed or 0, self.iteration])
         rollouts, advantages = self.sample_rollouts(rng)
@@ -66,15 +91,63 @@ class SeeUPO(Algorithm):
             return
         if self._seed_key is not None:  # this iteration's learner noise (rollouts.seed_learner)
             seed_learners(self.learner_group, self._seed_key)
+        if self._engines and self._engine_setting("placement") == "colocated":
+            ray.get([engine.sleep.remote() for engine in self._engines])  # they wake at the next request
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             self.update_policy(rollouts, advantages, rng)
         steps = optimizer_steps(self.learner_group)
         if steps is not None:  # lifetime, as RLlib's PPO reports it (callbacks.log_optimizer_steps)
             self.metrics.log_value(OPTIMIZER_STEPS, steps, window=1)
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
-            self.env_runner_group.sync_weights(
-                from_worker_or_learner_group=self.learner_group, policies=[SHARED_MODULE_ID], inference_only=True
-            )
+            if self._engines:  # the env runners hold no weights: the engines take them
+                self._engine_weights += 1
+                self.rollout_engines()
+            else:
+                self.env_runner_group.sync_weights(
+                    from_worker_or_learner_group=self.learner_group, policies=[SHARED_MODULE_ID], inference_only=True
+                )
+
+    # -- engine actors ------------------------------------------------------------------------
+
+    def rollout_engines(self, timeout_s: float | None = None) -> list:
+        """The engine actors' handles (none without ``engine.num_engines``), each alive and
+        holding the learner's current weights: one that Ray restarted, or that missed a
+        sync, gets them now. Waits up to ``timeout_s`` (``env_runner_restore_timeout_s``)
+        for a restarting engine."""
+        if not self._engines:
+            return []
+        timeout_s = self.config.env_runner_restore_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        versions = [_engine_info(engine, deadline) for engine in self._engines]
+        stale = [e for e, info in zip(self._engines, versions) if info["version"] != self._engine_weights]
+        if stale:
+            components = f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{SHARED_MODULE_ID}"
+            state = self.learner_group.get_state(components=[components], inference_only=True)
+            state = ray.put(state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][SHARED_MODULE_ID])
+            ray.get([engine.set_weights.remote(state, self._engine_weights) for engine in stale], timeout=timeout_s)
+        return list(self._engines)
+
+    def restore_from_path(self, path, *args, **kwargs):
+        super().restore_from_path(path, *args, **kwargs)
+        self._engine_weights += 1  # the learner's weights changed: the engines take them before sampling
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        for engine in getattr(self, "_engines", []):
+            ray.kill(engine)
+        self._engines = []
+
+    def _engine_setting(self, key: str):
+        from rllib_seeupo.llm.module import checked_engine
+
+        return checked_engine(self.config.model_config["engine"])[key]
+
+    def _log_engine_syncs(self) -> None:
+        """The engines' weight loads of this iteration as ``env_runners/weight_sync/*``
+        (a vLLM engine loads a pushed adapter with its first request)."""
+        syncs = [s for stats in ray.get([e.pop_weight_sync_stats.remote() for e in self._engines]) for s in stats]
+        totals = {"count": float(len(syncs)), "bytes": sum(s["bytes"] for s in syncs), "seconds": sum(s["seconds"] for s in syncs)}
+        self.metrics.log_dict(totals, key=(ENV_RUNNER_RESULTS, "weight_sync"), window=1)
 
     def sample_rollouts(self, rng: np.random.Generator) -> tuple[list[Rollout], np.ndarray]:
         """Roll out ``tasks_per_iteration`` tasks ``group_size`` times each.
@@ -91,8 +164,11 @@ class SeeUPO(Algorithm):
                 self.env_runner_group, [task_ids[int(i)] for i in picks], config.group_size, self._seed_key, local,
                 restore=lambda: self.restore_env_runners(self.env_runner_group),
                 restore_timeout_s=config.env_runner_restore_timeout_s,
+                engines=self.rollout_engines if self._engines else None,
             )
             self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
+            if self._engines:
+                self._log_engine_syncs()
             self.metrics.log_value((ROLLOUTS, "retried_groups"), retried, window=1)
         sampling_s = time.perf_counter() - start
         rollouts, advantages = self._group_advantages(episodes)
@@ -331,3 +407,32 @@ class SeeUPO(Algorithm):
     def response_logp(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         """``(B, L)`` log-probs of the rows' responses under the learners' current weights."""
         return response_logp(self.learner_group, columns)
+
+
+def engine_bundles(config) -> list[dict[str, float]]:
+    """One Ray resource bundle per engine actor of ``config`` (none without them)."""
+    from rllib_seeupo.llm.module import checked_engine
+
+    if not _num_engines(config):
+        return []
+    engine = checked_engine(config.model_config["engine"])
+    bundle = {"CPU": engine["num_cpus_per_engine"], "GPU": engine["num_gpus_per_engine"]}
+    return [{k: v for k, v in bundle.items() if v}] * engine["num_engines"]
+
+
+def _num_engines(config) -> int:
+    """``engine.num_engines`` of an LLM module's ``model_config`` (0 without engine actors)."""
+    engine = (config.model_config or {}).get("engine")
+    return int(engine.get("num_engines", 0)) if isinstance(engine, dict) else 0
+
+
+def _engine_info(engine, deadline: float) -> dict:
+    """``RolloutEngine.info`` of an engine actor, waiting (until ``deadline``, a
+    ``time.monotonic()``) while Ray restarts it."""
+    while True:
+        try:
+            return ray.get(engine.info.remote(), timeout=max(deadline - time.monotonic(), 1.0))
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

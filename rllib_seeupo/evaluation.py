@@ -208,6 +208,10 @@ def load_module(model: str, model_config: dict[str, Any] | None = None):
 
     check_model_spec(model, model_config)
     overrides = dict(model_config or {})
+    if "engine" in overrides:  # evaluation generates in this process: no engine actors
+        from rllib_seeupo.llm.module import checked_engine
+
+        overrides["engine"] = {**checked_engine(overrides["engine"]), "num_engines": 0, "placement": "split"}
     path = Path(model)
     if (path / "rllib_checkpoint.json").exists() and (path / "learner_group").exists():
         path = path / "learner_group" / "learner" / "rl_module" / SHARED_MODULE_ID
@@ -229,13 +233,24 @@ def load_module(model: str, model_config: dict[str, Any] | None = None):
 
                     check_installed()
             module.settings.update(overrides)
-        return module
+        return _on_accelerator(module)
     from rllib_seeupo.llm.module import LLMRLModule
 
     space = gym.spaces.Discrete(1)  # text in, text out: the spaces are not consulted
-    return LLMRLModule(
+    return _on_accelerator(LLMRLModule(
         observation_space=space, action_space=space, inference_only=True, model_config={"model": model, **overrides}
-    )
+    ))
+
+
+def _on_accelerator(module):
+    """The module on the GPU when there is one (the transformers engine generates with the
+    module's own weights; vLLM places its engine itself)."""
+    import torch
+
+    settings = getattr(module, "settings", None)
+    if settings and settings["engine"]["kind"] == "transformers" and torch.cuda.is_available():
+        module.to("cuda")
+    return module
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -386,6 +401,8 @@ class HeldOutEvaluation:
         name, env_config = self.env(algorithm)
         task_ids = self.task_ids(algorithm)
         module = algorithm.get_module(SHARED_MODULE_ID) or algorithm.get_module()
+        if getattr(module, "engine_client", False):  # evaluation generates on the run's engine actors
+            module.attach_engine(algorithm.rollout_engines()[0])
         sample = self.sample or self.k > 1
         if sample and algorithm.config.seed is not None and hasattr(module, "seed_sampling"):
             module.seed_sampling(int(np.random.SeedSequence([int(algorithm.config.seed), 2]).generate_state(1)[0]))

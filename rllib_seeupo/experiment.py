@@ -502,9 +502,12 @@ def validate_experiment(experiment: Experiment, where: str | Path = "") -> None:
             f"{prefix}unknown model_config key(s) {unknown} for {module_class.__name__}; allowed: {sorted(llm.DEFAULTS)}"
         )
     try:
-        llm.checked_settings(model_config)
+        checked = llm.checked_settings(model_config)
     except ValueError as error:
         raise ConfigError(f"{prefix}model_config: {str(error).removeprefix('LLMRLModule: ')}") from None
+    if checked["engine"]["num_engines"] and experiment.run not in ALGORITHMS:
+        raise ConfigError(f"{prefix}model_config.engine.num_engines: engine actors are started by SeeUPO's algorithms; "
+                          f"run {experiment.run!r} generates in its env runners (set it to 0)")
     from rllib_seeupo.llm.models import check_model
 
     raw_config = experiment.config.get("model_config") or {}

@@ -155,14 +155,20 @@ def learner_memory(config) -> dict[str, float] | None:
 def env_runner_memory(config) -> dict[str, float] | None:
     """Estimated bytes of one env runner's model: its weights in the compute dtype and the
     KV cache of every live episode at its longest (``num_envs_per_env_runner`` x
-    (``max_prompt_tokens`` + ``max_new_tokens``)); None as for ``learner_memory``."""
+    (``max_prompt_tokens`` + ``max_new_tokens``)); with engine actors, one engine's, for the
+    live episodes of every env runner it serves. None as for ``learner_memory``."""
     settings = _llm_settings(config)
     shape = model_shape(settings["model"]) if settings else None
     if shape is None:
         return None
+    from rllib_seeupo.llm.module import checked_engine
+
     dtype_bytes = DTYPE_BYTES[settings["dtype"]]
     adapter = shape.lora_parameters(settings["lora"]) * 4 if settings["lora"] else 0
     tokens = config.num_envs_per_env_runner * (settings["max_prompt_tokens"] + settings["max_new_tokens"])
+    actors = checked_engine(settings["engine"])["num_engines"]
+    if actors:  # the engine actor holds the model and its runners' live episodes
+        tokens *= -(-max(config.num_env_runners, 1) // actors)
     kv_cache = tokens * 2 * shape.layers * shape.kv_heads * shape.head_dim * dtype_bytes
     parts = {"weights": shape.parameters() * dtype_bytes + adapter, "kv_cache": kv_cache}
     parts["total"] = sum(parts.values())
@@ -195,11 +201,16 @@ def resources(config) -> list[dict[str, Any]]:
     it."""
     from ray.rllib.algorithms.utils import _get_env_runner_bundles, _get_learner_bundles, _get_main_process_bundle
 
+    from rllib_seeupo.llm.module import checked_engine
+
     local_learner, local_runner = config.num_learners == 0, config.num_env_runners == 0
-    engine = (_llm_settings(config) or {}).get("engine", "-")
-    if isinstance(engine, dict):
-        engine = engine.get("kind", "transformers")
-    runner = f"{config.num_envs_per_env_runner} envs and an inference copy of the module ({engine} engine)"
+    settings = _llm_settings(config)
+    engine = checked_engine(settings["engine"]) if settings else None
+    actors = engine["num_engines"] if engine else 0
+    if actors:
+        runner = f"{config.num_envs_per_env_runner} envs and a tokenizer; prompts go to an engine actor"
+    else:
+        runner = f"{config.num_envs_per_env_runner} envs and an inference copy of the module ({engine['kind'] if engine else '-'} engine)"
     driver_runs = ["the algorithm"] + (["the learner"] if local_learner else []) + ([f"the env runner: {runner}"] if local_runner else [])
     main = _get_main_process_bundle(config)
     rows = [{"actor": "driver", "count": 1, "cpus": main.get("CPU", 0), "gpus": main.get("GPU", 0), "runs": ", ".join(driver_runs)}]
@@ -211,11 +222,20 @@ def resources(config) -> list[dict[str, Any]]:
     if not local_runner and runners:
         rows.append({"actor": "env runner", "count": len(runners), "cpus": runners[0].get("CPU", 0),
                      "gpus": runners[0].get("GPU", 0), "runs": runner})
+    if actors:
+        sharing = -(-max(config.num_env_runners, 1) // actors)
+        what = f"a {engine['kind']} engine (tensor_parallel_size {engine['tensor_parallel_size']}) for up to {sharing} env runner(s)"
+        if engine["placement"] == "colocated":
+            what += "; sleeps while the learners update"
+        rows.append({"actor": "engine", "count": actors, "cpus": engine["num_cpus_per_engine"],
+                     "gpus": engine["num_gpus_per_engine"], "runs": what})
     return rows
 
 
 def report(config) -> str:
     """The dry run's text: resources, then the learner's memory estimate."""
+    from rllib_seeupo.llm.module import checked_engine
+
     lines = ["Ray resources:", f"  {'actor':<11} {'count':>5} {'CPUs':>5} {'GPUs':>5}  runs"]
     total_cpus = total_gpus = 0.0
     for row in resources(config):
@@ -240,8 +260,14 @@ def report(config) -> str:
     for part in ("weights", "gradients", "optimizer", "reference", "activations", "logprob_chunk", "total"):
         lines.append(f"  {part:<14} {memory[part] / GB:8.1f} GiB")
     runner = env_runner_memory(config)
-    where = f"{config.num_gpus_per_env_runner} GPU" if config.num_gpus_per_env_runner and config.num_env_runners else "CPU"
-    lines.append(f"Env runner memory, estimated ({runner['tokens']} tokens of live episodes at their longest; on {where}):")
+    engine = checked_engine(settings["engine"])
+    if engine["num_engines"]:
+        gpus = engine["num_gpus_per_engine"]
+        lines.append(f"Engine actor memory, estimated ({runner['tokens']} tokens of its env runners' live episodes "
+                     f"at their longest; on {f'{gpus} GPU' if gpus else 'CPU'}):")
+    else:
+        where = f"{config.num_gpus_per_env_runner} GPU" if config.num_gpus_per_env_runner and config.num_env_runners else "CPU"
+        lines.append(f"Env runner memory, estimated ({runner['tokens']} tokens of live episodes at their longest; on {where}):")
     for part in ("weights", "kv_cache", "total"):
         lines.append(f"  {part:<14} {runner[part] / GB:8.1f} GiB")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import time
 from typing import Any, Hashable
 
 import numpy as np
+import ray
 import torch
 from ray.rllib.core.columns import Columns
 
@@ -85,13 +86,17 @@ def runner_task_ids(env_runner, split: str = "train"):
     return turn_envs(env_runner)[0].task_ids(split)
 
 
-def sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int, ...] | None = None):
+def sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int, ...] | None = None,
+                     engines: list | None = None):
     """Sample one complete episode per entry of this runner's task schedule; with a
     ``seed_key`` ((config.seed, iteration), plus the attempt for a retry), from generators
-    seeded for this iteration and runner. Returns ``(worker_index, episodes, metrics)``."""
+    seeded for this iteration and runner; with ``engines`` (engine actors' handles), through
+    engine ``(worker_index - 1) mod len(engines)``. Returns ``(worker_index, episodes, metrics)``."""
     schedule = schedules.get(env_runner.worker_index, [])
     if not schedule:
         return env_runner.worker_index, [], env_runner.get_metrics()
+    if engines:
+        attach_engine(env_runner, engines)
     if seed_key is not None:
         global_seed, module_seed = iteration_seeds(seed_key, SAMPLING_STREAM, env_runner.worker_index, 2)
         # RLlib samples actions from torch's global generator (the tabular module's
@@ -103,9 +108,26 @@ def sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int
     queue = collections.deque(schedule)
     for sub_env in turn_envs(env_runner):
         sub_env.task_queue = queue
-    episodes = env_runner.sample(num_episodes=len(schedule), explore=True)
+    try:
+        episodes = env_runner.sample(num_episodes=len(schedule), explore=True)
+    except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError):
+        if not engines:
+            raise
+        # Its engine actor died. Raised, the error would make RLlib restart this healthy
+        # runner (after `delay_between_env_runner_restarts_s`); answered with None, its groups
+        # are sampled again once the engine is back (the next sample resets every env).
+        return env_runner.worker_index, None, env_runner.get_metrics()
     log_weight_syncs(env_runner)
     return env_runner.worker_index, episodes, env_runner.get_metrics()
+
+
+def attach_engine(env_runner, engines: list) -> None:
+    """Point the runner's engine-client modules at its engine actor (a restarted runner is a
+    new process: it gets its engine with every sampling call)."""
+    engine = engines[max(env_runner.worker_index - 1, 0) % len(engines)]
+    for module in env_runner.module.values():
+        if getattr(module, "engine_client", False):
+            module.attach_engine(engine)
 
 
 def log_weight_syncs(env_runner) -> None:
@@ -123,7 +145,7 @@ MAX_SAMPLING_ROUNDS = 4
 
 
 def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key: tuple[int, int] | None, local: bool,
-                       restore=None, restore_timeout_s: float = 1800.0):
+                       restore=None, restore_timeout_s: float = 1800.0, engines=None):
     """Roll out each of ``tasks`` ``group_size`` times, the tasks dealt round-robin over the
     healthy env runners (the local one when ``local``).
 
@@ -136,6 +158,11 @@ def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key:
     start of every iteration as well). A runner that fails ``MAX_SAMPLING_ROUNDS`` rounds in a
     row (an error in the env, not a lost process) ends the iteration with an error; RLlib has
     logged each failure's traceback.
+
+    With engine actors, ``engines()`` returns their handles before each round, every engine
+    alive and holding the current weights (``SeeUPO.rollout_engines``): a runner whose engine
+    died fails its sampling call, and its groups are sampled again once Ray has restarted the
+    engine.
 
     Returns the finished episodes, each runner's metrics and the number of task groups that
     were sampled again."""
@@ -153,13 +180,16 @@ def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key:
                                f"{restore_timeout_s:.0f} s after the failure (restart_failed_env_runners restarts them)")
         schedules = {w: [t for t in pending[j :: len(workers)] for _ in range(group_size)] for j, w in enumerate(workers)}
         key = seed_key if seed_key is None or not attempt else (*seed_key, attempt)
+        handles = engines() if engines is not None else None
         results = env_runner_group.foreach_env_runner(
-            functools.partial(sample_scheduled, schedules=schedules, seed_key=key),
+            functools.partial(sample_scheduled, schedules=schedules, seed_key=key, engines=handles),
             local_env_runner=local,
             remote_worker_ids=None if local else workers,
         )
         answered = set()
         for worker, eps, runner_metrics in results:
+            if eps is None:  # its engine actor was lost
+                continue
             answered.add(worker)
             episodes += eps
             metrics.append(runner_metrics)

@@ -197,3 +197,45 @@ def test_vllm_engine_in_a_seeupo_iteration_tracks_the_learner_weights(vllm_model
         if engine is not None:  # the driver's engine; an actor's ends with the actor
             engine.close()
         algo.stop()
+
+
+@pytest.mark.slow
+def test_a_vllm_engine_actor_shared_by_two_env_runners_serves_an_iteration(vllm_model, ray_session):
+    """``engine.num_engines: 1``: two env runners without a model send their prompts to one
+    vLLM engine actor, which takes the adapter alone and records the learner's log-probs."""
+    from rllib_seeupo.rollouts import sample_scheduled, to_rollout
+
+    lora = {"rank": 1, "target_modules": ["q_proj"], "init": False}
+    engine = {"kind": "vllm", "num_engines": 1, "num_cpus_per_engine": 0, "enable_prefix_caching": False}
+    config = (
+        SeeUPOConfig()
+        .environment("seeupo/tool_tasks", env_config={"max_turns": 2})
+        .env_runners(num_env_runners=2, num_envs_per_env_runner=2)
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=LLMRLModule),
+                   model_config={"model": vllm_model, "engine": engine, "lora": lora, **GENERATION})
+        .training(group_size=2, tasks_per_iteration=4, lr=1e-2)
+        .debugging(seed=0)
+    )
+    algo = config.build_algo()
+    try:
+        result = algo.train()  # both runners sample through the engine, the learner updates
+        assert result["rollouts"]["num_rollouts"] == 8 and result["rollouts"]["num_groups"] == 4
+        learner = algo.learner_group._learner.module[SHARED_MODULE_ID]
+        model_bytes = sum(p.numel() * p.element_size() for p in learner.model.get_base_model().parameters())
+        [handle] = algo.rollout_engines()  # pushes this update's adapter
+        import ray
+
+        info = ray.get(handle.info.remote())
+        assert info["version"] == 1 and info["requests"] > 0
+        for worker in (1, 2):
+            [(_, episodes, _)] = algo.env_runner_group.foreach_env_runner(
+                lambda runner: sample_scheduled(runner, {worker: [0, 1]}, (0, 99), [handle]),
+                local_env_runner=False, remote_worker_ids=[worker],
+            )
+            rows = [turn for e in episodes for turn in to_rollout(e).turns.values()]
+            batch = {k: torch.as_tensor(v) for k, v in LLMRLModule.collate_turn_rows(rows).items()}
+            assert _max_gap(learner, batch) < TOLERANCE
+        syncs = ray.get(handle.pop_weight_sync_stats.remote())  # vLLM loaded the new adapter's files
+        assert syncs and all(0 < s["bytes"] < 0.01 * model_bytes for s in syncs), (syncs, model_bytes)
+    finally:
+        algo.stop()

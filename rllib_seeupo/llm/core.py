@@ -42,7 +42,8 @@ class TokenPolicy:
     # Set by the learner when the loss has an entropy term; otherwise entropy is a statistic.
     entropy_grad = False
 
-    def decode(self, prompts: list[list[int]], *, sample: bool) -> tuple[list[list[int]], list[list[float]]]:
+    def decode(self, prompts: list[list[int]], *, sample: bool,
+               seeds: list[int] | None = None) -> tuple[list[list[int]], list[list[float]]]:
         """Batched decoding that drops a row from the batch as soon as its response ends.
 
         transformers' ``generate`` keeps every row until the longest response ends; on a
@@ -50,6 +51,11 @@ class TokenPolicy:
         went into padding. Sampling follows ``generate`` (logits / T, then top-p, then a
         multinomial draw; greedy: argmax of the logits), and each response ends with its
         first eos or with the token that completes a stop string.
+
+        ``seeds`` (one per prompt) draws each row's tokens from a generator of its own, so a
+        row's sample does not depend on which other rows share its batch (a shared engine
+        actor batches the requests of several env runners); without them the batch draws
+        from ``sampling_generator``.
 
         Returns per prompt the response ids and their log-probs under ``softmax(logits / T)``.
         """
@@ -69,13 +75,21 @@ class TokenPolicy:
         attention = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long), rest_mask.long()], dim=1).to(device)
         next_position = torch.tensor(lengths, device=device) + shared
         rows = torch.arange(len(prompts), device=device)  # the prompt index of each live row
+        row_generators = None
+        if sample and seeds is not None:
+            row_generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
         responses = [[] for _ in prompts]
         logps = [[] for _ in prompts]
         for step in range(s["max_new_tokens"]):
             scaled = logits.float() / temperature
             if sample:
                 warped = top_p(None, scaled) if top_p is not None else scaled
-                tokens = torch.multinomial(warped.softmax(-1), 1, generator=self.sampling_generator).squeeze(-1)
+                probs = warped.softmax(-1)
+                if row_generators is None:
+                    tokens = torch.multinomial(probs, 1, generator=self.sampling_generator).squeeze(-1)
+                else:
+                    tokens = torch.cat([torch.multinomial(probs[j], 1, generator=row_generators[i])
+                                        for j, i in enumerate(rows.tolist())])
             else:
                 tokens = logits.argmax(-1)
             token_logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)

@@ -89,11 +89,20 @@ ENGINE_DEFAULTS = {
     "enforce_eager": True,
     "enable_prefix_caching": None,
     "kwargs": {},
+    # Engine actors (``rllib_seeupo.llm.engine_actor``): 0 generates inside each env runner;
+    # N >= 1 starts N Ray actors that the env runners send their prompts to.
+    "num_engines": 0,
+    "num_gpus_per_engine": 0,
+    "num_cpus_per_engine": 1,
+    "placement": "split",  # or "colocated": engines sleep while the learners update
 }
+# Settings of either engine kind (the rest are vLLM's).
+ENGINE_ACTOR_SETTINGS = ("num_engines", "num_gpus_per_engine", "num_cpus_per_engine", "placement")
+PLACEMENTS = ("split", "colocated")
 # vllm.LLM arguments the engine sets itself from the module's settings.
 ENGINE_OWN_ARGS = (
     "model", "tokenizer", "dtype", "max_model_len", "logprobs_mode", "worker_extension_cls",
-    "enable_lora", "max_lora_rank", "max_loras",
+    "enable_lora", "max_lora_rank", "max_loras", "enable_sleep_mode",
 )
 VLLM_MAX_LORA_RANK = 512  # the largest of vLLM's LoRA ranks (vllm.config.lora.MaxLoRARanks)
 DEFAULTS = {
@@ -144,7 +153,7 @@ def checked_engine(engine: Any) -> dict[str, Any]:
     if engine["kind"] not in ENGINES:
         raise ValueError(f"LLMRLModule: engine must be one of {ENGINES}, got {engine['kind']!r}")
     if engine["kind"] != "vllm":
-        named = sorted(k for k in engine if k != "kind" and engine[k] != ENGINE_DEFAULTS[k])
+        named = sorted(k for k in engine if k != "kind" and k not in ENGINE_ACTOR_SETTINGS and engine[k] != ENGINE_DEFAULTS[k])
         if named:
             raise ValueError(f"LLMRLModule: engine.{named[0]} is a setting of the vllm engine; engine.kind is {engine['kind']!r}")
     size = engine["tensor_parallel_size"]
@@ -156,6 +165,22 @@ def checked_engine(engine: Any) -> dict[str, Any]:
     for key in ("enforce_eager", "enable_prefix_caching"):
         if not isinstance(engine[key], bool) and not (key == "enable_prefix_caching" and engine[key] is None):
             raise ValueError(f"LLMRLModule: engine.{key} must be true or false, got {engine[key]!r}")
+    count = engine["num_engines"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ValueError(f"LLMRLModule: engine.num_engines must be an int >= 0 (0: each env runner generates itself), got {count!r}")
+    for key in ("num_gpus_per_engine", "num_cpus_per_engine"):
+        value = engine[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value > 1 and value != int(value)):
+            raise ValueError(f"LLMRLModule: engine.{key} must be a fraction of one or a whole number >= 0, got {value!r}")
+    if engine["placement"] not in PLACEMENTS:
+        raise ValueError(f"LLMRLModule: engine.placement must be one of {PLACEMENTS}, got {engine['placement']!r}")
+    if engine["placement"] == "colocated" and not count:
+        raise ValueError("LLMRLModule: engine.placement 'colocated' is a placement of engine actors: it needs "
+                         "engine.num_engines >= 1")
+    gpus = engine["num_gpus_per_engine"]
+    if engine["kind"] == "vllm" and count and gpus and size > max(1, gpus):
+        raise ValueError(f"LLMRLModule: engine.tensor_parallel_size is {size}, but engine.num_gpus_per_engine gives "
+                         f"each engine actor {gpus} GPU(s)")
     kwargs = engine["kwargs"]
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise ValueError(f"LLMRLModule: engine.kwargs must be a mapping of vllm.LLM arguments, got {kwargs!r}")
@@ -186,6 +211,14 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._prefix_ids = self.tokenizer(self.settings["response_prefix"], add_special_tokens=False)["input_ids"]
+        # With engine actors, an env runner's module is their client: it encodes prompts and
+        # sends them to its engine (``attach_engine``); it holds no model and no weights.
+        self.engine_client = bool(self.inference_only and self.settings["engine"]["num_engines"])
+        self.engine_actor = None
+        if self.engine_client:
+            self.model, self._reference = None, None
+            return
         from rllib_seeupo.llm.attention import NAME as SDPA_GQA
 
         model = AutoModelForCausalLM.from_pretrained(
@@ -213,7 +246,6 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
         if self.settings["gradient_checkpointing"] and not self.inference_only:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model
-        self._prefix_ids = self.tokenizer(self.settings["response_prefix"], add_special_tokens=False)["input_ids"]
         # RLlib's PPO: V(prompt) = value_head(final hidden state of the prompt's last token).
         # Zero-initialised, so every value starts at 0; env runners drop it (inference only).
         self.value_head = torch.nn.Linear(model.get_output_embeddings().in_features, 1)
@@ -225,7 +257,7 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
     def seed_sampling(self, seed: int) -> None:
         """Sample from a generator seeded with ``seed`` from now on (SeeUPO seeds it per
         iteration and env runner, so that a resumed run samples as the uninterrupted one)."""
-        device = next(self.model.parameters()).device
+        device = next(self.model.parameters()).device if self.model is not None else "cpu"
         self.sampling_generator = torch.Generator(device=device).manual_seed(seed)
 
     def encode_prompt(self, observation: Any) -> list[int]:
@@ -252,13 +284,22 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
         vocab = self.tokenizer.get_vocab()
         return max(1, max(map(len, vocab)))
 
-    def vllm_engine(self):
-        """The vLLM engine (``engine: vllm``), started on first use."""
+    def vllm_engine(self, *, sleep_mode: bool = False):
+        """The vLLM engine (``engine: vllm``), started on first use (``sleep_mode``: able to
+        release its GPU memory, for a colocated engine actor)."""
         if self._vllm is None:
             from rllib_seeupo.llm.vllm_engine import VLLMEngine
 
-            self._vllm = VLLMEngine(self, resolve_model(self.settings["model"]))
+            self._vllm = VLLMEngine(self, resolve_model(self.settings["model"]), sleep_mode=sleep_mode)
         return self._vllm
+
+    def attach_engine(self, engine) -> None:
+        """Generate through ``engine``, an engine actor's handle (``engine_client`` modules;
+        SeeUPO attaches one to every env runner before it samples)."""
+        if not self.engine_client:
+            raise ValueError("LLMRLModule.attach_engine: this module generates itself (engine.num_engines is 0, "
+                             "or it is a learner's module)")
+        self.engine_actor = engine
 
     def pop_weight_sync_stats(self) -> list[dict[str, float]]:
         """The rollout engine's weight syncs since the last call, ``{"bytes", "seconds"}``
@@ -266,17 +307,22 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
         return self._vllm.pop_sync_stats() if self._vllm is not None else []
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], *, sample: bool) -> list[dict[str, Any]]:
+    def generate(self, prompts: list[list[int]], *, sample: bool, seeds: list[int] | None = None) -> list[dict[str, Any]]:
         """One response per prompt, generated as a single batch.
+
+        ``seeds`` (one per prompt, for sampling) make each response independent of the rest
+        of its batch; an engine client draws them from ``sampling_generator``.
 
         Returns per prompt: ``response_ids`` (L,), ``response_logp`` (L,) under
         ``softmax(logits / T)``, and ``text`` (the response prefix plus the decoded response).
         """
+        if self.engine_client:
+            return self._generate_remotely(prompts, sample=sample)
         if self.settings["engine"]["kind"] == "vllm":
-            return self.vllm_engine().generate(prompts, sample=sample)
+            return self.vllm_engine().generate(prompts, sample=sample, seeds=seeds)
         if not prompts:
             return []
-        responses, logps = self.decode(prompts, sample=sample)
+        responses, logps = self.decode(prompts, sample=sample, seeds=seeds)
         return [
             {
                 "response_ids": np.asarray(ids, dtype=np.int64),
@@ -285,6 +331,21 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
             }
             for ids, lp in zip(responses, logps)
         ]
+
+    def _generate_remotely(self, prompts: list[list[int]], *, sample: bool) -> list[dict[str, Any]]:
+        """``generate`` on the attached engine actor, with one seed per prompt drawn here, so
+        that what a runner samples does not depend on the other runners' requests."""
+        import ray
+
+        if self.engine_actor is None:
+            raise RuntimeError("LLMRLModule: engine.num_engines > 0 but no engine actor is attached to this env "
+                               "runner's module (SeeUPO attaches them when it samples)")
+        if not prompts:
+            return []
+        seeds = None
+        if sample:
+            seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=self.sampling_generator).tolist()
+        return ray.get(self.engine_actor.generate.remote(prompts, sample, seeds))
 
     def _response_length(self, ids: list[int]) -> int:
         """Tokens up to and including the first eos or the token completing a stop string
@@ -482,6 +543,9 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
 
     def set_state(self, state):
         from ray.rllib.utils.torch_utils import convert_to_torch_tensor
+
+        if self.engine_client:  # the weights go to the engine actors (SeeUPO pushes them)
+            return
 
         # load_state_dict copies each tensor into the parameter's own dtype and device.
         missing, unexpected = self.load_state_dict(convert_to_torch_tensor(state), strict=False)

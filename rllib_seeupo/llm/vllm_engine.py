@@ -74,7 +74,7 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 class VLLMEngine:
     """One ``vllm.LLM`` serving a module's generation; created lazily by the module."""
 
-    def __init__(self, module: LLMRLModule, model_path: str):
+    def __init__(self, module: LLMRLModule, model_path: str, *, sleep_mode: bool = False):
         check_installed()
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
@@ -88,6 +88,8 @@ class VLLMEngine:
             if not fits:
                 raise ValueError(f"LLMRLModule: vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; lora.rank is {self.lora_rank}")
             optional.update(enable_lora=True, max_lora_rank=fits[0], max_loras=1)
+        if sleep_mode:  # colocated engine actors; vLLM's sleep mode needs CUDA (or ROCm)
+            optional["enable_sleep_mode"] = True
         self.module = module
         self.llm = LLM(
             model=model_path,
@@ -107,6 +109,19 @@ class VLLMEngine:
         self.lora_request = None  # the adapter that requests are served with (LoRA only)
         self._adapter_dir = None
         self._syncs: list[dict[str, float]] = []
+        self.sleeping = False
+
+    def sleep(self) -> None:
+        """Release the engine's GPU memory (weights and KV cache) while the learners update
+        (``engine.placement: colocated``; vLLM's sleep mode, level 1: weights to CPU)."""
+        if not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+
+    def wake_up(self) -> None:
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
 
     def sync_weights(self) -> None:
         """Load the module's current weights into the engine if they changed since: the
@@ -154,7 +169,7 @@ class VLLMEngine:
         syncs, self._syncs = self._syncs, []
         return syncs
 
-    def generate(self, prompts: list[list[int]], *, sample: bool) -> list[dict[str, Any]]:
+    def generate(self, prompts: list[list[int]], *, sample: bool, seeds: list[int] | None = None) -> list[dict[str, Any]]:
         """Same contract as ``LLMRLModule.generate``."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -166,9 +181,10 @@ class VLLMEngine:
         # One seed per request, from the module's sampling generator (seeded per iteration and
         # env runner by SeeUPO) or else torch's global one (seeded per env runner by RLlib):
         # rollouts of the same prompt must differ, runs must repeat.
-        generator = module.sampling_generator
-        device = generator.device if generator is not None else "cpu"
-        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=generator, device=device).tolist()
+        if seeds is None:
+            generator = module.sampling_generator
+            device = generator.device if generator is not None else "cpu"
+            seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=generator, device=device).tolist()
         params = [
             SamplingParams(
                 max_tokens=int(s["max_new_tokens"]),

@@ -1,0 +1,207 @@
+"""Engine actors: rollout engines that the env runners share (``engine.num_engines >= 1``).
+
+Without them every env runner holds a whole model and generates for its own sub-envs only.
+With them, as in verl, OpenRLHF and SkyRL, generation runs in ``num_engines`` Ray actors
+(``RolloutEngine``, each with ``num_gpus_per_engine`` GPUs), and an env runner holds the
+tokenizer and its envs: its module (``LLMRLModule`` with ``engine_client``) encodes the
+prompts and sends their token ids, with one sampling seed each, to its engine; the engine
+answers with the sampled ids and their log-probs. Env runner ``i`` uses engine
+``(i - 1) mod num_engines``.
+
+An engine batches the requests that reach it together: requests of several env runners that
+arrive while it is busy (or within ``GATHER_S`` of each other) are generated as one batch.
+Each prompt samples from a generator seeded with its own seed (``TokenPolicy.decode``,
+vLLM's per-request seed), so what a runner samples does not depend on which other requests
+shared its batch, up to the float rounding of batched kernels.
+
+Weights: the algorithm pushes the learner's inference-only state to every engine with a
+version (``set_weights``): with LoRA the adapter alone (the learner's state holds only the
+trainable tensors), which a vLLM engine then loads as a new LoRA adapter; else the full
+weights. An engine that Ray restarted (``max_restarts=-1``) comes back with the model
+folder's weights and no version, and gets the current ones before it serves again
+(``SeeUPO.rollout_engines``).
+
+Placement: ``split`` engines hold GPUs of their own; ``colocated`` engines take a fraction of
+a GPU that a learner also uses and release their memory (``sleep``) while the learners
+update: vLLM's sleep mode (level 1: weights to CPU, KV cache dropped), the transformers
+engine moves its model to CPU.
+
+The actor is built from the module's settings alone, so it runs without RLlib's env runner
+machinery; it needs Ray (``start_engines``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+GATHER_S = 0.02  # how long an idle engine waits for more requests before it generates
+MAX_CONCURRENCY = 256  # requests an engine actor holds at once (one per env runner is typical)
+
+
+@dataclass
+class _Request:
+    prompts: list[list[int]]
+    sample: bool
+    seeds: list[int] | None
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list[dict[str, Any]] | None = None
+    error: BaseException | None = None
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) module state."""
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    return int(getattr(state, "nbytes", 0))
+
+
+class RolloutEngine:
+    """One rollout engine, a threaded Ray actor (see the module docstring).
+
+    Args:
+        model_config: the run's ``model_config`` (``LLMRLModule``'s settings); the engine
+            generates in-process with ``engine.kind`` (``transformers`` or ``vllm``).
+        torch_threads: torch's intra-op threads on CPU (None: torch's default).
+    """
+
+    def __init__(self, model_config: dict[str, Any], torch_threads: int | None = None):
+        from envs.text import AnyText
+        from rllib_seeupo.llm.module import LLMRLModule, checked_engine
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        engine = checked_engine(model_config.get("engine", "transformers"))
+        self.kind, self.colocated = engine["kind"], engine["placement"] == "colocated"
+        own = {**engine, "num_engines": 0, "placement": "split"}  # generate here, in this actor
+        self.module = LLMRLModule(observation_space=AnyText(10**6), action_space=AnyText(10**6), inference_only=True,
+                                  model_config={**model_config, "engine": own})
+        self.device = torch.device("cuda" if self.kind == "transformers" and torch.cuda.is_available() else "cpu")
+        self.module.to(self.device)
+        if self.kind == "vllm":
+            self.module.vllm_engine(sleep_mode=self.colocated)  # started now, not at the first request
+        self.version = None  # the learner weights' version it holds; None: the model folder's
+        self.sleeping = False
+        self.counts = {"requests": 0, "batches": 0, "prompts": 0, "sleeps": 0}
+        self._lock = threading.Lock()  # one generation or one weight load at a time
+        self._queue: list[_Request] = []
+        self._arrived = threading.Condition()
+        self._syncs: list[dict[str, float]] = []
+        threading.Thread(target=self._serve, daemon=True, name="rollout-engine").start()
+
+    # -- requests -----------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], sample: bool, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+        """``LLMRLModule.generate`` for one env runner's prompts, batched with the requests of
+        the others."""
+        request = _Request([list(map(int, p)) for p in prompts], bool(sample), seeds)
+        with self._arrived:
+            self._queue.append(request)
+            self._arrived.notify()
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.results
+
+    def _serve(self) -> None:
+        while True:
+            with self._arrived:
+                while not self._queue:
+                    self._arrived.wait()
+            time.sleep(GATHER_S)  # let the other runners' requests of this step arrive
+            with self._arrived:
+                sample = self._queue[0].sample  # greedy and sampled requests are separate batches
+                batch = [r for r in self._queue if r.sample == sample]
+                self._queue = [r for r in self._queue if r.sample != sample]
+            self._generate(batch, sample)
+
+    def _generate(self, batch: list[_Request], sample: bool) -> None:
+        try:
+            prompts = [p for r in batch for p in r.prompts]
+            seeds = None
+            if sample:
+                seeds = [s for r in batch for s in (r.seeds if r.seeds is not None else
+                                                    torch.randint(0, 2**31 - 1, (len(r.prompts),)).tolist())]
+            with self._lock:
+                self._wake_up()
+                results = self.module.generate(prompts, sample=sample, seeds=seeds)
+            self.counts["requests"] += len(batch)
+            self.counts["batches"] += 1
+            self.counts["prompts"] += len(prompts)
+            start = 0
+            for request in batch:
+                request.results = results[start : start + len(request.prompts)]
+                start += len(request.prompts)
+        except BaseException as error:  # every request of the batch gets the error
+            for request in batch:
+                request.error = error
+        finally:
+            for request in batch:
+                request.done.set()
+
+    # -- weights and memory ---------------------------------------------------------------
+
+    def set_weights(self, state: dict[str, Any], version: int) -> int:
+        """Take the learner's inference-only module state (``LLMRLModule.get_state``); returns
+        ``version``. A vLLM engine loads it into vLLM before its next generation."""
+        with self._lock:
+            start = time.perf_counter()
+            self.module.set_state(state)
+            self.version = version
+            if self.kind == "transformers":  # vLLM records its own load (the adapter's files)
+                self._syncs.append({"bytes": float(state_bytes(state)), "seconds": time.perf_counter() - start})
+        return version
+
+    def sleep(self) -> None:
+        """Release the accelerator memory until the next generation (colocated placement)."""
+        with self._lock:
+            if self.sleeping:
+                return
+            if self.kind == "vllm":
+                self.module.vllm_engine().sleep()
+            elif self.device.type == "cuda":
+                self.module.to("cpu")
+                torch.cuda.empty_cache()
+            self.sleeping = True
+            self.counts["sleeps"] += 1
+
+    def _wake_up(self) -> None:
+        if self.sleeping:
+            if self.kind == "vllm":
+                self.module.vllm_engine().wake_up()
+            else:
+                self.module.to(self.device)
+            self.sleeping = False
+
+    def info(self) -> dict[str, Any]:
+        """The weights' version, the process id and the request counts."""
+        return {"version": self.version, "pid": os.getpid(), "sleeping": self.sleeping, **self.counts}
+
+    def pop_weight_sync_stats(self) -> list[dict[str, float]]:
+        """The weight loads since the last call, ``{"bytes", "seconds"}`` each."""
+        with self._lock:
+            syncs, self._syncs = self._syncs + self.module.pop_weight_sync_stats(), []
+        return syncs
+
+
+def start_engines(model_config: dict[str, Any], *, torch_threads: int | None = None) -> list:
+    """Start ``engine.num_engines`` ``RolloutEngine`` actors for ``model_config``; returns
+    their handles. Ray restarts an engine whose process dies (its requests in flight fail and
+    are sampled again by SeeUPO)."""
+    import ray
+
+    from rllib_seeupo.llm.module import checked_engine
+
+    engine = checked_engine(model_config.get("engine", "transformers"))
+    actor = ray.remote(RolloutEngine).options(
+        num_cpus=engine["num_cpus_per_engine"], num_gpus=engine["num_gpus_per_engine"], max_restarts=-1,
+        max_task_retries=0, max_concurrency=MAX_CONCURRENCY,
+    )
+    return [actor.remote(model_config, torch_threads) for _ in range(engine["num_engines"])]
