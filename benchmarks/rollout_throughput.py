@@ -18,13 +18,20 @@ machine for the same tokens.
 ``--runners R`` compares instead one env runner with its own engine against R runners that
 share one engine (``rllib_seeupo.llm.engine_actor.RolloutEngine``), on the same episodes:
 each runner keeps ``--live`` episodes going and sends their turns' prompts to its engine,
-which batches the requests that reach it together. With Ray (CPU), the shared engine and the
-runners are Ray actors, as in training with ``engine.num_engines``; ``--no-ray`` (a GPU
-machine without Ray) runs the runners as threads of this process around one engine object.
+which batches the requests that reach it together. The shared engine and the runners are Ray
+actors, as in training with ``engine.num_engines``; the runners play the embedded env.
 Reports episodes/s, tokens/s and the engine's requests per batch.
 
+``--no-ray`` is the same comparison for a GPU machine without Ray (and without the envs'
+dependencies): a randomly initialised model of Qwen3-8B's shape in bf16 (no download), the
+Ray-free decode loop (``rllib_seeupo.llm.core``) behind the engines' batching
+(``BatchingEngine``), and runners that are threads sending ``--live`` random prompts of
+``--prompt-tokens`` tokens for ``--turns`` turns each; ``--tiny`` runs it scaled down on
+CPU (the test suite does, in a process without Ray). Reports turns/s (one turn = one
+runner's batch of live prompts answered) and tokens/s.
+
     .venv/bin/python benchmarks/rollout_throughput.py --runners 2 --episodes 32 --live 8 --threads 1
-    python benchmarks/rollout_throughput.py --runners 4 --episodes 256 --live 32 --no-ray --model <folder>  # GPU
+    python benchmarks/rollout_throughput.py --runners 4 --live 16 --no-ray --out gpu_shared.json  # one GPU
 
 vLLM starts its engine in spawned processes (hence the ``__main__`` guard below); unless
 ``VLLM_CPU_OMP_THREADS_BIND`` is set, its worker is bound to the first ``--threads`` cores,
@@ -56,8 +63,14 @@ def main() -> None:
     parser.add_argument("--runners", type=int, default=0, help="compare one runner with its own engine "
                         "against this many runners sharing one engine")
     parser.add_argument("--live", type=int, default=8, help="live episodes per runner (--runners)")
-    parser.add_argument("--no-ray", action="store_true", help="--runners without Ray: runners are threads")
+    parser.add_argument("--no-ray", action="store_true", help="--runners on a GPU without Ray: random prompts, a "
+                        "random Qwen3-8B-shaped model, runners as threads")
+    parser.add_argument("--tiny", action="store_true", help="--no-ray scaled down, on CPU")
+    parser.add_argument("--turns", type=int, default=3, help="turns per runner (--no-ray)")
+    parser.add_argument("--prompt-tokens", type=int, default=1024, help="tokens per prompt (--no-ray)")
     args = parser.parse_args()
+    if args.runners and args.no_ray:
+        return raw_shared_engine_comparison(args)
     if args.runners:
         return shared_engine_comparison(args)
 
@@ -162,34 +175,22 @@ def shared_engine_comparison(args) -> None:
     tasks = list(range(10**6, 10**6 + args.episodes))
     shards = [tasks[i :: args.runners] for i in range(args.runners)]
     figures = {}
-    if not args.no_ray:
-        import ray
+    import ray
 
-        ray.init(num_cpus=args.runners + 2 * args.threads, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=args.runners + 2 * args.threads, include_dashboard=False, log_to_driver=False)
     for engine_kind in args.engines:
-        engine = {"kind": engine_kind, "num_engines": 1, "num_cpus_per_engine": args.threads,
-                  "num_gpus_per_engine": 0 if args.no_ray else _gpus()}
+        engine = {"kind": engine_kind, "num_engines": 1, "num_cpus_per_engine": args.threads, "num_gpus_per_engine": _gpus()}
         shared_config = {**model_config, "engine": engine}
         own_config = {**model_config, "engine": engine_kind}  # the runner generates itself (today's default)
-        if args.no_ray:
-            from rllib_seeupo.llm.engine_actor import RolloutEngine
+        from rllib_seeupo.llm.engine_actor import start_engines
 
-            shared = RolloutEngine(shared_config, torch_threads=args.threads)
-            own = Runner(own_config, threads=args.threads)
-            clients = [Runner(shared_config, engine=shared) for _ in shards]
-            runs = {"own_engine": lambda: [own.play(tasks, args.live)],
-                    "shared_engine": lambda: _in_threads([lambda c=c, t=t: c.play(t, args.live) for c, t in zip(clients, shards)])}
-            info = shared.info
-        else:
-            from rllib_seeupo.llm.engine_actor import start_engines
-
-            [shared] = start_engines(shared_config, torch_threads=args.threads)
-            own = ray.remote(num_cpus=args.threads)(Runner).remote(own_config, threads=args.threads)
-            clients = [ray.remote(num_cpus=1)(Runner).remote(shared_config, engine=shared) for _ in shards]
-            ray.get([shared.info.remote(), own.ready.remote()] + [c.ready.remote() for c in clients])  # started
-            runs = {"own_engine": lambda: ray.get([own.play.remote(tasks, args.live)]),
-                    "shared_engine": lambda: ray.get([c.play.remote(t, args.live) for c, t in zip(clients, shards)])}
-            info = lambda: ray.get(shared.info.remote())  # noqa: E731
+        [shared] = start_engines(shared_config, torch_threads=args.threads)
+        own = ray.remote(num_cpus=args.threads)(Runner).remote(own_config, threads=args.threads)
+        clients = [ray.remote(num_cpus=1)(Runner).remote(shared_config, engine=shared) for _ in shards]
+        ray.get([shared.info.remote(), own.ready.remote()] + [c.ready.remote() for c in clients])  # started
+        runs = {"own_engine": lambda: ray.get([own.play.remote(tasks, args.live)]),
+                "shared_engine": lambda: ray.get([c.play.remote(t, args.live) for c, t in zip(clients, shards)])}
+        info = lambda: ray.get(shared.info.remote())  # noqa: E731
         figures[engine_kind] = {}
         for mode, run in runs.items():
             times, token_counts, per_batch = [], [], []
@@ -244,14 +245,12 @@ class Runner:
             torch.set_num_threads(threads)
         self.module = LLMRLModule(observation_space=AnyText(10**6), action_space=AnyText(4000), inference_only=True,
                                   model_config=model_config)
-        if engine is not None and not hasattr(engine, "remote") and hasattr(engine, "generate"):
-            self.call = lambda prompts, sample: engine.generate(prompts, sample, None)  # an engine object
+        if engine is not None:
+            self.module.attach_engine(engine)
         else:
-            if engine is not None:
-                self.module.attach_engine(engine)
-            else:
-                self.module.generate([[self.module.tokenizer.eos_token_id]], sample=False)  # vLLM: start it
-            self.call = lambda prompts, sample: self.module.generate(prompts, sample=sample)
+            if torch.cuda.is_available() and self.module.settings["engine"]["kind"] == "transformers":
+                self.module.to("cuda")
+            self.module.generate([[self.module.tokenizer.eos_token_id]], sample=False)  # vLLM: start it
 
     def ready(self) -> bool:
         return True
@@ -262,7 +261,7 @@ class Runner:
         tokens = [0]
 
         def policy(observations, sample):
-            out = self.call([self.module.encode_prompt(o) for o in observations], sample)
+            out = self.module.generate([self.module.encode_prompt(o) for o in observations], sample=sample)
             tokens[0] += sum(len(o["response_ids"]) for o in out)
             return [o["text"] for o in out]
 
@@ -270,11 +269,67 @@ class Runner:
         return {"tokens": tokens[0], "successes": result["success_rate"] * len(tasks)}
 
 
-def _in_threads(calls: list) -> list:
+def raw_shared_engine_comparison(args) -> None:
+    """``--no-ray``: one runner calling its own model against ``args.runners`` runners (threads)
+    sharing one ``BatchingEngine`` over the same model; random prompts, sampled responses of
+    ``--max-new-tokens`` tokens (a random model seldom ends one early)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(lambda call: call(), calls))
+    import torch
+
+    from gpu_scale import QWEN3_8B, TINY, build_model, build_tokenizer, synchronize
+    from rllib_seeupo.llm.core import StandalonePolicy
+    from rllib_seeupo.llm.engine_actor import BatchingEngine
+
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    if not args.tiny and device.type != "cuda":
+        raise SystemExit("--no-ray needs a GPU (use --tiny on CPU)")
+    torch.set_num_threads(args.threads)
+    shape, dtype = (TINY, torch.float32) if args.tiny else (QWEN3_8B, torch.bfloat16)
+    model = build_model(shape, device, dtype, checkpointing=False)
+    model.eval()
+    policy = StandalonePolicy(model, build_tokenizer(), max_new_tokens=args.max_new_tokens,
+                              max_prompt_tokens=args.prompt_tokens, pack_tokens=max(512, args.prompt_tokens))
+
+    @torch.no_grad()
+    def generate(prompts, sample, seeds):
+        responses, _ = policy.decode(prompts, sample=sample, seeds=seeds)
+        synchronize(device)
+        return [{"response_ids": r} for r in responses]
+
+    engine = BatchingEngine(generate)
+
+    def runner(index: int, call) -> int:
+        tokens, generator = 0, torch.Generator().manual_seed(index)  # runner 0's prompts in both modes
+        for turn in range(args.turns):
+            prompts = torch.randint(10, shape["vocab_size"], (args.live, args.prompt_tokens), generator=generator).tolist()
+            seeds = [hash((index, turn, i)) % 2**31 for i in range(args.live)]
+            tokens += sum(len(r["response_ids"]) for r in call(prompts, True, seeds))
+        return tokens
+
+    generate([[10] * args.prompt_tokens], True, [0])  # warm-up
+    runs = {"own_engine": (1, generate), "shared_engine": (args.runners, engine.generate)}
+    figures = {}
+    for mode, (count, call) in runs.items():
+        before = dict(engine.counts)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(count) as pool:
+            tokens = sum(pool.map(lambda i: runner(i, call), range(count)))
+        seconds = time.perf_counter() - start
+        batches = engine.counts["batches"] - before["batches"]
+        figures[mode] = f = {
+            "runners": count, "seconds": seconds, "turns_per_s": count * args.turns / seconds,
+            "tokens_per_s": tokens / seconds, "tokens": tokens,
+            "requests_per_engine_batch": (engine.counts["requests"] - before["requests"]) / batches if batches else None,
+        }
+        batching = f"  {f['requests_per_engine_batch']:.2f} requests per engine batch" if batches else ""
+        print(f"{mode:14s} {count} runner(s) x {args.live} live  {seconds:7.1f} s  {f['turns_per_s']:.2f} turns/s  "
+              f"{f['tokens_per_s']:.1f} tokens/s{batching}", flush=True)
+    figures["shared_over_own_tokens_per_s"] = figures["shared_engine"]["tokens_per_s"] / figures["own_engine"]["tokens_per_s"]
+    print(f"speedup shared_engine_over_own_engine (tokens/s) {figures['shared_over_own_tokens_per_s']:.2f}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "device": str(device), **figures}, f, indent=2)
 
 
 def batched_time_bound(module, calls: list[tuple[int, list[int]]]) -> dict:

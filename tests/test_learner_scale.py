@@ -142,9 +142,9 @@ def test_several_learners_take_the_step_of_one(ray_session, tiny_model):
 
 
 def test_gpu_benchmark_runs_scaled_down_without_ray(tmp_path):
-    """benchmarks/gpu_scale.py in its CPU form, in a process where Ray cannot be imported:
-    the decode loop, the packed training forward and the loss need only torch, transformers
-    and peft."""
+    """benchmarks/gpu_scale.py and rollout_throughput.py's shared-engine mode in their CPU
+    form, in a process where Ray cannot be imported: the decode loop, the packed training
+    forward, the loss and the engines' batching need only torch, transformers and peft."""
     import json
     import subprocess
     import sys
@@ -158,6 +158,10 @@ def test_gpu_benchmark_runs_scaled_down_without_ray(tmp_path):
         "importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == 'ray' else find(name, *a)\n"
         f"sys.argv = ['gpu_scale.py', '--tiny', '--out', {str(tmp_path / 'gpu_scale.json')!r}]\n"
         "runpy.run_path('benchmarks/gpu_scale.py', run_name='__main__')\n"
+        "sys.path.insert(0, 'benchmarks')\n"
+        "sys.argv = ['rollout_throughput.py', '--runners', '2', '--live', '4', '--no-ray', '--tiny', '--turns', '2', "
+        f"'--prompt-tokens', '64', '--max-new-tokens', '8', '--threads', '1', '--out', {str(tmp_path / 'shared.json')!r}]\n"
+        "runpy.run_path('benchmarks/rollout_throughput.py', run_name='__main__')\n"
         "assert not any(m.startswith('ray') and sys.modules[m] is not None for m in sys.modules)\n"
     )
     run = subprocess.run([sys.executable, "-c", block_ray], cwd=root, capture_output=True, text=True, timeout=300)
@@ -169,3 +173,7 @@ def test_gpu_benchmark_runs_scaled_down_without_ray(tmp_path):
         (c, on) for c in (64, 128, 256) for on in (False, True)
     ]
     assert all(u["tokens_per_s"] > 0 for u in updates)
+    shared = json.loads((tmp_path / "shared.json").read_text())
+    assert shared["own_engine"]["runners"] == 1 and shared["shared_engine"]["runners"] == 2
+    assert shared["shared_engine"]["tokens"] > shared["own_engine"]["tokens"]  # two runners' turns
+    assert shared["shared_engine"]["requests_per_engine_batch"] > 1  # the engine batched the two runners

@@ -63,44 +63,27 @@ def state_bytes(state: Any) -> int:
     return int(getattr(state, "nbytes", 0))
 
 
-class RolloutEngine:
-    """One rollout engine, a threaded Ray actor (see the module docstring).
+class BatchingEngine:
+    """Generation requests from several callers, generated together: each ``generate`` call
+    waits while a thread of its own gathers every request that arrived (within ``GATHER_S``
+    of the first, or while the last batch ran) into one call of ``generate_batch``. Ray-free:
+    ``RolloutEngine`` serves a module through it, ``benchmarks/rollout_throughput.py`` a bare
+    model on a GPU machine without Ray.
 
     Args:
-        model_config: the run's ``model_config`` (``LLMRLModule``'s settings); the engine
-            generates in-process with ``engine.kind`` (``transformers`` or ``vllm``).
-        torch_threads: torch's intra-op threads on CPU (None: torch's default).
+        generate_batch: ``(prompts, sample, seeds) -> results``, one result per prompt, as
+            ``LLMRLModule.generate``.
     """
 
-    def __init__(self, model_config: dict[str, Any], torch_threads: int | None = None):
-        from envs.text import AnyText
-        from rllib_seeupo.llm.module import LLMRLModule, checked_engine
-
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
-        engine = checked_engine(model_config.get("engine", "transformers"))
-        self.kind, self.colocated = engine["kind"], engine["placement"] == "colocated"
-        own = {**engine, "num_engines": 0, "placement": "split"}  # generate here, in this actor
-        self.module = LLMRLModule(observation_space=AnyText(10**6), action_space=AnyText(10**6), inference_only=True,
-                                  model_config={**model_config, "engine": own})
-        self.device = torch.device("cuda" if self.kind == "transformers" and torch.cuda.is_available() else "cpu")
-        self.module.to(self.device)
-        if self.kind == "vllm":
-            self.module.vllm_engine(sleep_mode=self.colocated)  # started now, not at the first request
-        self.version = None  # the learner weights' version it holds; None: the model folder's
-        self.sleeping = False
+    def __init__(self, generate_batch):
+        self._generate_batch = generate_batch
         self.counts = {"requests": 0, "batches": 0, "prompts": 0, "sleeps": 0}
-        self._lock = threading.Lock()  # one generation or one weight load at a time
         self._queue: list[_Request] = []
         self._arrived = threading.Condition()
-        self._syncs: list[dict[str, float]] = []
         threading.Thread(target=self._serve, daemon=True, name="rollout-engine").start()
 
-    # -- requests -----------------------------------------------------------------------
-
     def generate(self, prompts: list[list[int]], sample: bool, seeds: list[int] | None = None) -> list[dict[str, Any]]:
-        """``LLMRLModule.generate`` for one env runner's prompts, batched with the requests of
-        the others."""
+        """``LLMRLModule.generate`` for one caller's prompts, batched with the others'."""
         request = _Request([list(map(int, p)) for p in prompts], bool(sample), seeds)
         with self._arrived:
             self._queue.append(request)
@@ -129,9 +112,7 @@ class RolloutEngine:
             if sample:
                 seeds = [s for r in batch for s in (r.seeds if r.seeds is not None else
                                                     torch.randint(0, 2**31 - 1, (len(r.prompts),)).tolist())]
-            with self._lock:
-                self._wake_up()
-                results = self.module.generate(prompts, sample=sample, seeds=seeds)
+            results = self._generate_batch(prompts, sample, seeds)
             self.counts["requests"] += len(batch)
             self.counts["batches"] += 1
             self.counts["prompts"] += len(prompts)
@@ -145,6 +126,42 @@ class RolloutEngine:
         finally:
             for request in batch:
                 request.done.set()
+
+
+class RolloutEngine(BatchingEngine):
+    """One rollout engine, a threaded Ray actor (see the module docstring).
+
+    Args:
+        model_config: the run's ``model_config`` (``LLMRLModule``'s settings); the engine
+            generates in-process with ``engine.kind`` (``transformers`` or ``vllm``).
+        torch_threads: torch's intra-op threads on CPU (None: torch's default).
+    """
+
+    def __init__(self, model_config: dict[str, Any], torch_threads: int | None = None):
+        from envs.text import AnyText
+        from rllib_seeupo.llm.module import LLMRLModule, checked_engine
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        engine = checked_engine(model_config.get("engine", "transformers"))
+        self.kind, self.colocated = engine["kind"], engine["placement"] == "colocated"
+        own = {**engine, "num_engines": 0, "placement": "split"}  # generate here, in this actor
+        self.module = LLMRLModule(observation_space=AnyText(10**6), action_space=AnyText(10**6), inference_only=True,
+                                  model_config={**model_config, "engine": own})
+        self.device = torch.device("cuda" if self.kind == "transformers" and torch.cuda.is_available() else "cpu")
+        self.module.to(self.device)
+        if self.kind == "vllm":
+            self.module.vllm_engine(sleep_mode=self.colocated)  # started now, not at the first request
+        self.version = None  # the learner weights' version it holds; None: the model folder's
+        self.sleeping = False
+        self._lock = threading.Lock()  # one generation or one weight load at a time
+        self._syncs: list[dict[str, float]] = []
+        super().__init__(self._generate_with_module)
+
+    def _generate_with_module(self, prompts: list[list[int]], sample: bool, seeds: list[int] | None):
+        with self._lock:
+            self._wake_up()
+            return self.module.generate(prompts, sample=sample, seeds=seeds)
 
     # -- weights and memory ---------------------------------------------------------------
 
