@@ -33,7 +33,7 @@ from rllib_seeupo.batching import minibatch_indices
 from rllib_seeupo.columns import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.config import SeeUPOConfig
 from rllib_seeupo.learner import ADVANTAGES, COMPOUND_FACTOR, OLD_LOGP, TURN
-from rllib_seeupo.llm.engine_actor import start_engines
+from rllib_seeupo.llm.engine_actor import start_engines, weight_chunks
 from rllib_seeupo.learner_calls import OPTIMIZER_STEPS, learner_batches, learner_call, optimizer_steps, response_logp, seed_learners
 from rllib_seeupo.objectives import CompoundFactor, UpdateOrder
 from rllib_seeupo.timing import PhaseTimer
@@ -82,7 +82,11 @@ class SeeUPO(Algorithm):
         # training (an ``on_algorithm_init`` callback of ``super().setup``) generates on them.
         self._engines = start_engines(config.model_config) if _num_engines(config) else []
         self._engine_weights = 0  # the version of the learner weights the engines should hold
-        super().setup(config)
+        try:
+            super().setup(config)
+        except BaseException:
+            self.cleanup()
+            raise
 
     def training_step(self) -> None:
         rng = np.random.default_rng([self.config.seed or 0, self.iteration])
@@ -95,6 +99,8 @@ class SeeUPO(Algorithm):
             ray.get([engine.sleep.remote() for engine in self._engines])  # they wake at the next request
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             self.update_policy(rollouts, advantages, rng)
+        if self._engines and self._engine_setting("placement") == "colocated":
+            learner_call(self.learner_group, _release_cached_memory)  # the engines take the GPU back
         steps = optimizer_steps(self.learner_group)
         if steps is not None:  # lifetime, as RLlib's PPO reports it (callbacks.log_optimizer_steps)
             self.metrics.log_value(OPTIMIZER_STEPS, steps, window=1)
@@ -123,13 +129,26 @@ class SeeUPO(Algorithm):
         if stale:
             components = f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/{SHARED_MODULE_ID}"
             state = self.learner_group.get_state(components=[components], inference_only=True)
-            state = ray.put(state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][SHARED_MODULE_ID])
-            ray.get([engine.set_weights.remote(state, self._engine_weights) for engine in stale], timeout=timeout_s)
+            chunks = weight_chunks(state[COMPONENT_LEARNER][COMPONENT_RL_MODULE][SHARED_MODULE_ID])
+            for i, chunk in enumerate(chunks):  # the version only with the last chunk
+                version = self._engine_weights if i == len(chunks) - 1 else None
+                chunk = ray.put(chunk)
+                ray.get([engine.set_weights.remote(chunk, version) for engine in stale], timeout=timeout_s)
         return list(self._engines)
+
+    @property
+    def engine_weights_version(self) -> int:
+        """The version of the learner weights that the engine actors hold once
+        ``rollout_engines`` returns (it moves on with every update and restore)."""
+        return self._engine_weights
 
     def restore_from_path(self, path, *args, **kwargs):
         super().restore_from_path(path, *args, **kwargs)
         self._engine_weights += 1  # the learner's weights changed: the engines take them before sampling
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        self._engine_weights += 1
 
     def cleanup(self) -> None:
         super().cleanup()
@@ -164,7 +183,7 @@ class SeeUPO(Algorithm):
                 self.env_runner_group, [task_ids[int(i)] for i in picks], config.group_size, self._seed_key, local,
                 restore=lambda: self.restore_env_runners(self.env_runner_group),
                 restore_timeout_s=config.env_runner_restore_timeout_s,
-                engines=self.rollout_engines if self._engines else None,
+                engines=(lambda: (self.rollout_engines(), self.engine_weights_version)) if self._engines else None,
             )
             self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
             if self._engines:
@@ -410,14 +429,22 @@ class SeeUPO(Algorithm):
 
 
 def engine_bundles(config) -> list[dict[str, float]]:
-    """One Ray resource bundle per engine actor of ``config`` (none without them)."""
+    """One Ray resource bundle per engine actor of ``config`` (none without them, or when an
+    engine asks for no resources)."""
     from rllib_seeupo.llm.module import checked_engine
 
     if not _num_engines(config):
         return []
     engine = checked_engine(config.model_config["engine"])
-    bundle = {"CPU": engine["num_cpus_per_engine"], "GPU": engine["num_gpus_per_engine"]}
-    return [{k: v for k, v in bundle.items() if v}] * engine["num_engines"]
+    bundle = {k: v for k, v in (("CPU", engine["num_cpus_per_engine"]), ("GPU", engine["num_gpus_per_engine"])) if v}
+    return [bundle] * engine["num_engines"] if bundle else []
+
+
+def _release_cached_memory(learner) -> None:
+    """Return the learner's cached accelerator memory (its update's activations) to the
+    device, so that colocated engines can wake up into it."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _num_engines(config) -> int:

@@ -402,7 +402,7 @@ class HeldOutEvaluation:
         task_ids = self.task_ids(algorithm)
         module = algorithm.get_module(SHARED_MODULE_ID) or algorithm.get_module()
         if getattr(module, "engine_client", False):  # evaluation generates on the run's engine actors
-            module.attach_engine(algorithm.rollout_engines()[0])
+            module.attach_engine(algorithm.rollout_engines()[0], algorithm.engine_weights_version)
         sample = self.sample or self.k > 1
         if sample and algorithm.config.seed is not None and hasattr(module, "seed_sampling"):
             module.seed_sampling(int(np.random.SeedSequence([int(algorithm.config.seed), 2]).generate_state(1)[0]))

@@ -505,9 +505,21 @@ def validate_experiment(experiment: Experiment, where: str | Path = "") -> None:
         checked = llm.checked_settings(model_config)
     except ValueError as error:
         raise ConfigError(f"{prefix}model_config: {str(error).removeprefix('LLMRLModule: ')}") from None
-    if checked["engine"]["num_engines"] and experiment.run not in ALGORITHMS:
-        raise ConfigError(f"{prefix}model_config.engine.num_engines: engine actors are started by SeeUPO's algorithms; "
-                          f"run {experiment.run!r} generates in its env runners (set it to 0)")
+    engine = checked["engine"]
+    if engine["num_engines"]:
+        if experiment.run not in ALGORITHMS:
+            raise ConfigError(f"{prefix}model_config.engine.num_engines: engine actors are started by SeeUPO's algorithms; "
+                              f"run {experiment.run!r} generates in its env runners (set it to 0)")
+        runners = max(int(settings.get("num_env_runners") or 0), 1)
+        if engine["num_engines"] > runners:
+            raise ConfigError(f"{prefix}model_config.engine.num_engines is {engine['num_engines']}, more than the "
+                              f"{runners} env runner(s) that send to them")
+        if engine["placement"] == "colocated" and int(settings.get("num_learners") or 0) > 1:
+            raise ConfigError(f"{prefix}model_config.engine.placement 'colocated' with num_learners > 1: Ray does not "
+                              "pair each engine with a learner's GPU; use 'split'")
+        if settings.get("num_gpus_per_env_runner"):
+            raise ConfigError(f"{prefix}num_gpus_per_env_runner: with engine actors the env runners hold no model; "
+                              "set it to 0 (the engines' GPUs are engine.num_gpus_per_engine)")
     from rllib_seeupo.llm.models import check_model
 
     raw_config = experiment.config.get("model_config") or {}

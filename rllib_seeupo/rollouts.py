@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import logging
 import random
 import time
 from typing import Any, Hashable
@@ -16,7 +17,10 @@ import ray
 import torch
 from ray.rllib.core.columns import Columns
 
+from rllib_seeupo.llm.engine_actor import StaleEngineError
 from rllib_seeupo.turn_env import TurnAgentEnv, final_info, turn_index
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -87,16 +91,17 @@ def runner_task_ids(env_runner, split: str = "train"):
 
 
 def sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int, ...] | None = None,
-                     engines: list | None = None):
+                     engines: list | None = None, engine_version: int | None = None):
     """Sample one complete episode per entry of this runner's task schedule; with a
     ``seed_key`` ((config.seed, iteration), plus the attempt for a retry), from generators
     seeded for this iteration and runner; with ``engines`` (engine actors' handles), through
-    engine ``(worker_index - 1) mod len(engines)``. Returns ``(worker_index, episodes, metrics)``."""
+    engine ``(worker_index - 1) mod len(engines)``, which must hold ``engine_version``.
+    Returns ``(worker_index, episodes, metrics)``."""
     schedule = schedules.get(env_runner.worker_index, [])
     if not schedule:
         return env_runner.worker_index, [], env_runner.get_metrics()
     if engines:
-        attach_engine(env_runner, engines)
+        attach_engine(env_runner, engines, engine_version)
     if seed_key is not None:
         global_seed, module_seed = iteration_seeds(seed_key, SAMPLING_STREAM, env_runner.worker_index, 2)
         # RLlib samples actions from torch's global generator (the tabular module's
@@ -110,24 +115,28 @@ def sample_scheduled(env_runner, schedules: dict[int, list], seed_key: tuple[int
         sub_env.task_queue = queue
     try:
         episodes = env_runner.sample(num_episodes=len(schedule), explore=True)
-    except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError):
+    except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError, StaleEngineError) as error:
         if not engines:
             raise
-        # Its engine actor died. Raised, the error would make RLlib restart this healthy
-        # runner (after `delay_between_env_runner_restarts_s`); answered with None, its groups
-        # are sampled again once the engine is back (the next sample resets every env).
+        # Its engine actor died (or came back from a restart without the current weights).
+        # Raised, the error would make RLlib restart this healthy runner (after
+        # `delay_between_env_runner_restarts_s`); answered with None, its groups are sampled
+        # again once the engine is back with the weights (the next sample resets every env).
+        logger.warning("env runner %d: its engine actor was lost while sampling (%s); its task groups are "
+                       "sampled again", env_runner.worker_index, type(error).__name__)
         return env_runner.worker_index, None, env_runner.get_metrics()
     log_weight_syncs(env_runner)
     return env_runner.worker_index, episodes, env_runner.get_metrics()
 
 
-def attach_engine(env_runner, engines: list) -> None:
-    """Point the runner's engine-client modules at its engine actor (a restarted runner is a
-    new process: it gets its engine with every sampling call)."""
+def attach_engine(env_runner, engines: list, version: int | None = None) -> None:
+    """Point the runner's engine-client modules at its engine actor, which must hold weights
+    ``version`` (a restarted runner is a new process: it gets its engine with every sampling
+    call)."""
     engine = engines[max(env_runner.worker_index - 1, 0) % len(engines)]
     for module in env_runner.module.values():
         if getattr(module, "engine_client", False):
-            module.attach_engine(engine)
+            module.attach_engine(engine, version)
 
 
 def log_weight_syncs(env_runner) -> None:
@@ -159,10 +168,10 @@ def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key:
     row (an error in the env, not a lost process) ends the iteration with an error; RLlib has
     logged each failure's traceback.
 
-    With engine actors, ``engines()`` returns their handles before each round, every engine
-    alive and holding the current weights (``SeeUPO.rollout_engines``): a runner whose engine
-    died fails its sampling call, and its groups are sampled again once Ray has restarted the
-    engine.
+    With engine actors, ``engines()`` returns their handles and the weights version they
+    hold before each round, every engine alive and up to date (``SeeUPO.rollout_engines``): a
+    runner whose engine died (or came back without that version) answers with nothing, and
+    its groups are sampled again once Ray has restarted the engine.
 
     Returns the finished episodes, each runner's metrics and the number of task groups that
     were sampled again."""
@@ -180,9 +189,9 @@ def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key:
                                f"{restore_timeout_s:.0f} s after the failure (restart_failed_env_runners restarts them)")
         schedules = {w: [t for t in pending[j :: len(workers)] for _ in range(group_size)] for j, w in enumerate(workers)}
         key = seed_key if seed_key is None or not attempt else (*seed_key, attempt)
-        handles = engines() if engines is not None else None
+        handles, version = engines() if engines is not None else (None, None)
         results = env_runner_group.foreach_env_runner(
-            functools.partial(sample_scheduled, schedules=schedules, seed_key=key, engines=handles),
+            functools.partial(sample_scheduled, schedules=schedules, seed_key=key, engines=handles, engine_version=version),
             local_env_runner=local,
             remote_worker_ids=None if local else workers,
         )
@@ -199,7 +208,7 @@ def sample_task_groups(env_runner_group, tasks: list, group_size: int, seed_key:
         retried += len(pending)
     raise RuntimeError(
         f"sampling failed for {len(pending)} task group(s) in {MAX_SAMPLING_ROUNDS} rounds in a row; the env "
-        "runners' errors are logged above"
+        "runners' (or their engine actors') errors are logged above"
     )
 
 

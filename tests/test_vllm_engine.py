@@ -108,8 +108,12 @@ def test_vllm_engine_without_vllm_names_the_install_command(tiny_model):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [None, {"rank": 1, "target_modules": ["q_proj"], "init": False}], ids=["full", "lora"])
-def test_vllm_recorded_logp_equals_recomputed_logp_before_and_after_a_weight_change(vllm_model, lora):
-    """With LoRA only the adapter goes to the engine: its payload is under 1% of the model's."""
+def test_vllm_recorded_logp_equals_recomputed_logp_before_and_after_a_weight_change(vllm_model, lora, monkeypatch):
+    """With LoRA only the adapter goes to the engine: its payload is under 1% of the model's.
+    Full weights stream in chunks of whole layers (here 64 KiB: one layer per chunk)."""
+    from rllib_seeupo.llm import engine_actor
+
+    monkeypatch.setattr(engine_actor, "WEIGHT_CHUNK_BYTES", 1 << 16)
     module = _module(vllm_model, lora=lora)
     model_bytes = sum(p.numel() * p.element_size() for p in module.model.get_base_model().parameters()) if lora else \
         sum(p.numel() * p.element_size() for p in module.model.parameters())
@@ -136,6 +140,7 @@ def test_vllm_recorded_logp_equals_recomputed_logp_before_and_after_a_weight_cha
             assert 0 < synced["bytes"] < 0.01 * model_bytes, (synced, model_bytes)
         else:
             assert synced["bytes"] >= 0.9 * model_bytes  # every weight (a tied head once)
+            assert synced["chunks"] > module.model.config.num_hidden_layers  # a chunk per layer, and the rest
         module.set_state(old)  # the same ids under the old weights: the change mattered
         assert _max_gap(module, batch) > 100 * TOLERANCE
     finally:

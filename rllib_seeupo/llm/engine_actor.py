@@ -44,6 +44,12 @@ GATHER_S = 0.02  # how long an idle engine waits for more requests before it gen
 MAX_CONCURRENCY = 256  # requests an engine actor holds at once (one per env runner is typical)
 
 
+class StaleEngineError(RuntimeError):
+    """An engine actor asked for generations under weights it does not hold (Ray restarted
+    it mid-round, with the model folder's weights): the runner's groups are sampled again
+    once the algorithm has given it the current ones."""
+
+
 @dataclass
 class _Request:
     prompts: list[list[int]]
@@ -52,6 +58,34 @@ class _Request:
     done: threading.Event = field(default_factory=threading.Event)
     results: list[dict[str, Any]] | None = None
     error: BaseException | None = None
+
+
+# The most bytes of weights in one message when full weights move (learner -> engine actor,
+# engine -> vLLM worker), unless a single decoder layer is larger.
+WEIGHT_CHUNK_BYTES = 1 << 30
+
+
+def weight_chunks(weights: dict[str, torch.Tensor], limit: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """``weights`` split into chunks of whole decoder layers (``...layers.<i>.``; any other
+    tensor is a group of its own), each at most ``limit`` bytes (``WEIGHT_CHUNK_BYTES``)
+    unless one group alone is larger: full weights stream in bounded messages, and an
+    engine that reloads a chunk always gets every weight of a layer at once."""
+    import re
+
+    limit = WEIGHT_CHUNK_BYTES if limit is None else limit
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in weights.items():
+        layer = re.match(r"(.*\.layers\.\d+)\.", name)
+        groups.setdefault(layer.group(1) if layer else name, {})[name] = tensor
+    chunks, current, size = [], {}, 0
+    for group in groups.values():
+        group_bytes = state_bytes(group)
+        if current and size + group_bytes > limit:
+            chunks.append(current)
+            current, size = {}, 0
+        current.update(group)
+        size += group_bytes
+    return chunks + [current] if current else chunks
 
 
 def state_bytes(state: Any) -> int:
@@ -156,7 +190,16 @@ class RolloutEngine(BatchingEngine):
         self.sleeping = False
         self._lock = threading.Lock()  # one generation or one weight load at a time
         self._syncs: list[dict[str, float]] = []
+        self._pending = [0.0, 0.0]  # bytes and seconds of the chunks of a push so far
         super().__init__(self._generate_with_module)
+
+    def generate(self, prompts: list[list[int]], sample: bool, seeds: list[int] | None = None,
+                 expected_version: int | None = None) -> list[dict[str, Any]]:
+        """``BatchingEngine.generate``; with ``expected_version`` (the weights version the
+        runner was sent with) a ``StaleEngineError`` unless the engine holds it."""
+        if expected_version is not None and self.version != expected_version:
+            raise StaleEngineError(f"engine holds weights version {self.version}, the runner expects {expected_version}")
+        return super().generate(prompts, sample, seeds)
 
     def _generate_with_module(self, prompts: list[list[int]], sample: bool, seeds: list[int] | None):
         with self._lock:
@@ -165,15 +208,20 @@ class RolloutEngine(BatchingEngine):
 
     # -- weights and memory ---------------------------------------------------------------
 
-    def set_weights(self, state: dict[str, Any], version: int) -> int:
-        """Take the learner's inference-only module state (``LLMRLModule.get_state``); returns
+    def set_weights(self, state: dict[str, Any], version: int | None) -> int | None:
+        """Take the learner's inference-only module state (``LLMRLModule.get_state``), or a
+        chunk of it (``weight_chunks``; ``version`` None until the last one); returns
         ``version``. A vLLM engine loads it into vLLM before its next generation."""
         with self._lock:
             start = time.perf_counter()
             self.module.set_state(state)
             self.version = version
-            if self.kind == "transformers":  # vLLM records its own load (the adapter's files)
-                self._syncs.append({"bytes": float(state_bytes(state)), "seconds": time.perf_counter() - start})
+            self._pending[0] += float(state_bytes(state))
+            self._pending[1] += time.perf_counter() - start
+            if self.kind == "transformers" and version is not None:  # vLLM records its own load
+                self._syncs.append({"bytes": self._pending[0], "seconds": self._pending[1]})
+            if version is not None:
+                self._pending = [0.0, 0.0]
         return version
 
     def sleep(self) -> None:

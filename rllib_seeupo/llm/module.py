@@ -102,7 +102,7 @@ PLACEMENTS = ("split", "colocated")
 # vllm.LLM arguments the engine sets itself from the module's settings.
 ENGINE_OWN_ARGS = (
     "model", "tokenizer", "dtype", "max_model_len", "logprobs_mode", "worker_extension_cls",
-    "enable_lora", "max_lora_rank", "max_loras", "enable_sleep_mode",
+    "enable_lora", "max_lora_rank", "max_loras", "enable_sleep_mode", "distributed_executor_backend",
 )
 VLLM_MAX_LORA_RANK = 512  # the largest of vLLM's LoRA ranks (vllm.config.lora.MaxLoRARanks)
 DEFAULTS = {
@@ -178,6 +178,11 @@ def checked_engine(engine: Any) -> dict[str, Any]:
         raise ValueError("LLMRLModule: engine.placement 'colocated' is a placement of engine actors: it needs "
                          "engine.num_engines >= 1")
     gpus = engine["num_gpus_per_engine"]
+    if engine["kind"] == "transformers" and gpus > 1:
+        raise ValueError(f"LLMRLModule: engine.num_gpus_per_engine is {gpus}; the transformers engine uses one GPU")
+    if engine["placement"] == "colocated" and engine["kind"] == "vllm" and not 0 < gpus < 1:
+        raise ValueError("LLMRLModule: engine.placement 'colocated' with vLLM needs engine.num_gpus_per_engine in "
+                         f"(0, 1), a share of a learner's GPU (vLLM's sleep mode needs CUDA), got {gpus!r}")
     if engine["kind"] == "vllm" and count and gpus and size > max(1, gpus):
         raise ValueError(f"LLMRLModule: engine.tensor_parallel_size is {size}, but engine.num_gpus_per_engine gives "
                          f"each engine actor {gpus} GPU(s)")
@@ -215,7 +220,7 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
         # With engine actors, an env runner's module is their client: it encodes prompts and
         # sends them to its engine (``attach_engine``); it holds no model and no weights.
         self.engine_client = bool(self.inference_only and self.settings["engine"]["num_engines"])
-        self.engine_actor = None
+        self.engine_actor, self.engine_version = None, None
         if self.engine_client:
             self.model, self._reference = None, None
             return
@@ -293,13 +298,14 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
             self._vllm = VLLMEngine(self, resolve_model(self.settings["model"]), sleep_mode=sleep_mode)
         return self._vllm
 
-    def attach_engine(self, engine) -> None:
+    def attach_engine(self, engine, version: int | None = None) -> None:
         """Generate through ``engine``, an engine actor's handle (``engine_client`` modules;
-        SeeUPO attaches one to every env runner before it samples)."""
+        SeeUPO attaches one to every env runner before it samples), which must hold the
+        learner weights' ``version`` (None: any)."""
         if not self.engine_client:
             raise ValueError("LLMRLModule.attach_engine: this module generates itself (engine.num_engines is 0, "
                              "or it is a learner's module)")
-        self.engine_actor = engine
+        self.engine_actor, self.engine_version = engine, version
 
     def pop_weight_sync_stats(self) -> list[dict[str, float]]:
         """The rollout engine's weight syncs since the last call, ``{"bytes", "seconds"}``
@@ -345,7 +351,7 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
         seeds = None
         if sample:
             seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=self.sampling_generator).tolist()
-        return ray.get(self.engine_actor.generate.remote(prompts, sample, seeds))
+        return ray.get(self.engine_actor.generate.remote(prompts, sample, seeds, self.engine_version))
 
     def _response_length(self, ids: list[int]) -> int:
         """Tokens up to and including the first eos or the token completing a stop string

@@ -13,7 +13,8 @@ after every training iteration) the module's weights version moves on and, befor
 generation, the engine takes the module's new weights by what changed: with LoRA only the
 adapter (a few MB, written with peft and loaded by vLLM as a new ``LoRARequest``; the base
 weights it applies to are the model folder's, which LoRA never changes), else the full
-weights, reloaded in place through a worker extension (so no callable is ever pickled).
+weights, streamed in chunks of whole layers (``engine_actor.WEIGHT_CHUNK_BYTES``) and
+reloaded in place through a worker extension (so no callable is ever pickled).
 Each sync's payload bytes and seconds are kept for the results (``pop_sync_stats``).
 
 vLLM runs its engine and worker in spawned processes: a script that builds it needs an
@@ -54,10 +55,22 @@ class WeightSyncExtension:
     ``collective_rpc``, so only bytes cross the process boundary, never a pickle."""
 
     def load_policy_weights(self, blob: bytes) -> None:
-        """Reload every weight in place from a safetensors blob of ``{hf_name: tensor}``."""
+        """Reload the weights in a safetensors blob of ``{hf_name: tensor}`` in place: one
+        chunk of whole layers (``weight_chunks``); ``finish_policy_weights`` follows the last."""
+        import logging
+
         from safetensors.torch import load
 
-        self.model_runner.reload_weights(weights_iterator=iter(load(blob).items()))
+        # vLLM warns about every weight a chunk does not hold; the other chunks hold them.
+        quiet = logging.getLogger("vllm.model_executor.model_loader.reload.inplace")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            self.model_runner.reload_weights(weights_iterator=iter(load(blob).items()))
+        finally:
+            quiet.setLevel(level)
+
+    def finish_policy_weights(self) -> None:
         model = self.model_runner.get_model()
         head = getattr(model, "lm_head", None)
         embed = getattr(getattr(model, "model", None), "embed_tokens", None)
@@ -90,6 +103,10 @@ class VLLMEngine:
             optional.update(enable_lora=True, max_lora_rank=fits[0], max_loras=1)
         if sleep_mode:  # colocated engine actors; vLLM's sleep mode needs CUDA (or ROCm)
             optional["enable_sleep_mode"] = True
+        if engine["tensor_parallel_size"] > 1:
+            # Its own worker processes on the GPUs this process holds: inside a Ray actor (an
+            # engine actor, an env runner) vLLM would otherwise ask Ray for GPUs of its own.
+            optional["distributed_executor_backend"] = "mp"
         self.module = module
         self.llm = LLM(
             model=model_path,
@@ -109,6 +126,7 @@ class VLLMEngine:
         self.lora_request = None  # the adapter that requests are served with (LoRA only)
         self._adapter_dir = None
         self._syncs: list[dict[str, float]] = []
+        self._last_chunks = 0
         self.sleeping = False
 
     def sleep(self) -> None:
@@ -132,16 +150,26 @@ class VLLMEngine:
         start = time.perf_counter()
         payload = self._load_adapter() if self.lora_rank is not None else self._load_full_weights()
         self.weights_version = version
-        self._syncs.append({"bytes": float(payload), "seconds": time.perf_counter() - start})
+        self._syncs.append({"bytes": float(payload), "seconds": time.perf_counter() - start,
+                            "chunks": float(self._last_chunks if self.lora_rank is None else 1)})
 
     def _load_full_weights(self) -> int:
+        """Stream every weight to vLLM's worker in chunks of whole layers of at most
+        ``WEIGHT_CHUNK_BYTES`` each. Returns the bytes sent."""
         from safetensors.torch import save
 
-        blob = save({k: v.contiguous() for k, v in merged_state_dict(self.module.model).items()})
-        self.llm.collective_rpc("load_policy_weights", args=(blob,))
+        from rllib_seeupo.llm import engine_actor
+
+        sent, chunks = 0, engine_actor.weight_chunks(merged_state_dict(self.module.model), engine_actor.WEIGHT_CHUNK_BYTES)
+        for chunk in chunks:
+            blob = save({k: v.contiguous() for k, v in chunk.items()})
+            self.llm.collective_rpc("load_policy_weights", args=(blob,))
+            sent += len(blob)
+        self.llm.collective_rpc("finish_policy_weights")
         # Cached prompt heads were computed with the old weights.
         self.llm.reset_prefix_cache()
-        return len(blob)
+        self._last_chunks = len(chunks)
+        return sent
 
     def _load_adapter(self) -> int:
         """Write the module's adapter (peft's files) and serve requests with it under a new
