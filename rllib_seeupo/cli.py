@@ -256,6 +256,31 @@ def train_with_tune(experiment: Experiment, out_dir: Path) -> dict[str, Any]:
     }
 
 
+def check_cpus(experiment, config, where) -> None:
+    """Fail, naming the settings, when the run asks Ray for more CPUs than the Ray it will use
+    has (this machine's, unless ``RAY_ADDRESS`` names a cluster): its actors would wait for
+    them forever, Tune's trial without a word but a warning a minute."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    import ray
+
+    bundles = algorithm_class(experiment.run).default_resource_request(config).bundles
+    asked = sum(b.get("CPU", 0) for b in bundles)
+    if ray.is_initialized():
+        have = ray.cluster_resources().get("CPU", 0)
+    else:
+        try:
+            from ray._private.utils import get_num_cpus
+
+            have = get_num_cpus()
+        except Exception:  # noqa: BLE001 (a private helper that may move: count the cores)
+            have = os.cpu_count() or 1
+    if asked > have:
+        raise ConfigError(f"{where}: the run asks Ray for {asked:g} CPUs and this machine has {have:g}; lower "
+                          "num_env_runners, num_cpus_per_env_runner, num_learners or model_config.engine."
+                          "num_cpus_per_engine (train --dry-run lists them), or set RAY_ADDRESS to a cluster")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.file, args.set or [])
     if args.stop_iters is not None:
@@ -270,6 +295,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_dry_run(experiment, config)
         return 0
+    check_cpus(experiment, config, args.file)
     warm = prepare_warm_start(experiment)
     if warm:
         print(f"warm start: {warm['path']} (loss {warm['loss'][0]:.3f} -> {warm['loss'][-1]:.3f})", flush=True)

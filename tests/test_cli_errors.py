@@ -99,6 +99,7 @@ TRAIN_CASES = {
     "GPUs for env runners that hold no model": (TOOL, ["--set", "num_env_runners=1", "--set", "num_gpus_per_env_runner=1",
                                                 "--set", "model_config.engine.num_engines=1"],
                                                 ["num_gpus_per_env_runner", "hold no model"]),
+    "more CPUs than the machine has": (TOOL, ["--set", "num_env_runners=4096"], ["asks Ray for 4097 CPUs", "num_env_runners"]),
     "engine actors for RLlib's PPO": (ROOT / "tuned_examples" / "tool_tasks_ppo_smollm2.yaml",
                                       ["--set", "model_config.engine.num_engines=1"], ["engine.num_engines", "'PPO'"]),
     "bad micro_batch_tokens": (TOOL, ["--set", "micro_batch_tokens=0"], ["micro_batch_tokens", ">= 1"]),
