@@ -126,15 +126,18 @@ def train_run(label: str, path: Path, seed: int, overrides: list[str], args, run
 
 
 def untrained_setting(path: Path, overrides: list[str]) -> dict:
-    """What the untrained model's held-out figures depend on: env, env_config, model_config
+    """What the untrained model's held-out figures depend on: env, env_config, model_config,
+    the warm-started model (its cache folder, named by a hash of everything it depends on)
     and the evaluation's split, number of tasks and batch size (greedy, k=1)."""
-    from rllib_seeupo.experiment import evaluation_settings, load_experiment
+    from rllib_seeupo.experiment import evaluation_settings, load_experiment, warm_start_folder
 
     experiment = load_experiment(path, overrides)
     settings = evaluation_settings(experiment)
+    warm = warm_start_folder(experiment)[0].name if experiment.warm_start else None
     return json.loads(json.dumps({
         "env": experiment.env, "env_config": experiment.config.get("env_config") or {},
         "model_config": experiment.config.get("model_config") or {}, "warm_start": experiment.warm_start,
+        "warm_start_model": warm,
         **{key: settings[key] for key in ("split", "num_tasks", "k", "batch_size")},
     }, default=str))
 

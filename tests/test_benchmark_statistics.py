@@ -42,3 +42,18 @@ def test_one_definition_of_collapse():
     # A curve is judged from its first point, as held-out success from the untrained model's.
     assert learning_curves.summarise([[10, 0.5], [20, 0.9], [30, 0.44]], 30)["collapsed"]
     assert not learning_curves.summarise([[10, 0.5], [20, 0.9], [30, 0.46]], 30)["collapsed"]
+
+
+def test_the_untrained_measurement_is_keyed_on_the_warm_started_model(monkeypatch):
+    """``untrained.json`` stands for every run's start only while the warm-started model is
+    the same: anything its cache folder's hash covers (here the warm start's version)
+    makes it measured again."""
+    from rllib_seeupo import experiment
+
+    example = ROOT / "tuned_examples" / "tool_tasks_dependent_seeupo_smollm2.yaml"
+    before = learning_curves.untrained_setting(example, [])
+    assert before["warm_start_model"] and before == learning_curves.untrained_setting(example, [])
+    monkeypatch.setattr(experiment, "WARM_START_VERSION", experiment.WARM_START_VERSION + 1)
+    assert learning_curves.untrained_setting(example, [])["warm_start_model"] != before["warm_start_model"]
+    assert learning_curves.untrained_setting(ROOT / "tuned_examples" / "tool_tasks_seeupo_smollm2.yaml", [])[
+        "warm_start_model"] is None
