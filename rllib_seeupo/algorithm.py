@@ -96,7 +96,7 @@ class SeeUPO(Algorithm):
         if self._seed_key is not None:  # this iteration's learner noise (rollouts.seed_learner)
             seed_learners(self.learner_group, self._seed_key)
         if self._engines and self._engine_setting("placement") == "colocated":
-            ray.get([engine.sleep.remote() for engine in self._engines])  # they wake at the next request
+            _each_engine(self._engines, "sleep")  # they wake at their next request
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             self.update_policy(rollouts, advantages, rng)
         if self._engines and self._engine_setting("placement") == "colocated":
@@ -164,7 +164,7 @@ class SeeUPO(Algorithm):
     def _log_engine_syncs(self) -> None:
         """The engines' weight loads of this iteration as ``env_runners/weight_sync/*``
         (a vLLM engine loads a pushed adapter with its first request)."""
-        syncs = [s for stats in ray.get([e.pop_weight_sync_stats.remote() for e in self._engines]) for s in stats]
+        syncs = [s for stats in _each_engine(self._engines, "pop_weight_sync_stats") for s in stats]
         totals = {"count": float(len(syncs)), "bytes": sum(s["bytes"] for s in syncs), "seconds": sum(s["seconds"] for s in syncs)}
         self.metrics.log_dict(totals, key=(ENV_RUNNER_RESULTS, "weight_sync"), window=1)
 
@@ -451,6 +451,18 @@ def _num_engines(config) -> int:
     """``engine.num_engines`` of an LLM module's ``model_config`` (0 without engine actors)."""
     engine = (config.model_config or {}).get("engine")
     return int(engine.get("num_engines", 0)) if isinstance(engine, dict) else 0
+
+
+def _each_engine(engines: list, method: str) -> list:
+    """``method`` of every engine actor, in order; an engine lost meanwhile answers ``[]``
+    (Ray restarts it, and ``rollout_engines`` gives it the weights before it samples)."""
+    results = []
+    for ref in [getattr(engine, method).remote() for engine in engines]:
+        try:
+            results.append(ray.get(ref))
+        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError):
+            results.append([])
+    return results
 
 
 def _engine_info(engine, deadline: float) -> dict:
