@@ -17,9 +17,11 @@ shared its batch, up to the float rounding of batched kernels.
 Weights: the algorithm pushes the learner's inference-only state to every engine with a
 version (``set_weights``): with LoRA the adapter alone (the learner's state holds only the
 trainable tensors), which a vLLM engine then loads as a new LoRA adapter; else the full
-weights. An engine that Ray restarted (``max_restarts=-1``) comes back with the model
-folder's weights and no version, and gets the current ones before it serves again
-(``SeeUPO.rollout_engines``).
+weights, in chunks of whole layers (``weight_chunks``). An engine that Ray restarted
+(``max_restarts=-1``) comes back with the model folder's weights and no version, and gets
+the current ones before the next sampling round (``SeeUPO.rollout_engines``); until then it
+refuses requests that expect a version (``StaleEngineError``), so no episode is recorded
+under the wrong weights.
 
 Placement: ``split`` engines hold GPUs of their own; ``colocated`` engines take a fraction of
 a GPU that a learner also uses and release their memory (``sleep``) while the learners
@@ -27,7 +29,8 @@ update: vLLM's sleep mode (level 1: weights to CPU, KV cache dropped), the trans
 engine moves its model to CPU.
 
 The actor is built from the module's settings alone, so it runs without RLlib's env runner
-machinery; it needs Ray (``start_engines``).
+machinery (``start_engines`` starts it in Ray); its batching, ``BatchingEngine``, needs no Ray
+at all.
 """
 
 from __future__ import annotations
