@@ -80,7 +80,7 @@ class SeeUPO(Algorithm):
     def setup(self, config) -> None:
         # Engine actors (``engine.num_engines``) start first: the held-out evaluation before
         # training (an ``on_algorithm_init`` callback of ``super().setup``) generates on them.
-        self._engines = start_engines(config.model_config) if _num_engines(config) else []
+        self._engines = start_engines(config.model_config) if engine_settings(config) else []
         self._engine_weights = 0  # the version of the learner weights the engines should hold
         try:
             super().setup(config)
@@ -95,11 +95,12 @@ class SeeUPO(Algorithm):
             return
         if self._seed_key is not None:  # this iteration's learner noise (rollouts.seed_learner)
             seed_learners(self.learner_group, self._seed_key)
-        if self._engines and self._engine_setting("placement") == "colocated":
+        colocated = self._engines and engine_settings(self.config)["placement"] == "colocated"
+        if colocated:
             _each_engine(self._engines, "sleep")  # they wake at their next request
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             self.update_policy(rollouts, advantages, rng)
-        if self._engines and self._engine_setting("placement") == "colocated":
+        if colocated:
             learner_call(self.learner_group, _release_cached_memory)  # the engines take the GPU back
         steps = optimizer_steps(self.learner_group)
         if steps is not None:  # lifetime, as RLlib's PPO reports it (callbacks.log_optimizer_steps)
@@ -155,11 +156,6 @@ class SeeUPO(Algorithm):
         for engine in getattr(self, "_engines", []):
             ray.kill(engine)
         self._engines = []
-
-    def _engine_setting(self, key: str):
-        from rllib_seeupo.llm.module import checked_engine
-
-        return checked_engine(self.config.model_config["engine"])[key]
 
     def _log_engine_syncs(self) -> None:
         """The engines' weight loads of this iteration as ``env_runners/weight_sync/*``
@@ -431,11 +427,9 @@ class SeeUPO(Algorithm):
 def engine_bundles(config) -> list[dict[str, float]]:
     """One Ray resource bundle per engine actor of ``config`` (none without them, or when an
     engine asks for no resources)."""
-    from rllib_seeupo.llm.module import checked_engine
-
-    if not _num_engines(config):
+    engine = engine_settings(config)
+    if engine is None:
         return []
-    engine = checked_engine(config.model_config["engine"])
     bundle = {k: v for k, v in (("CPU", engine["num_cpus_per_engine"]), ("GPU", engine["num_gpus_per_engine"])) if v}
     return [bundle] * engine["num_engines"] if bundle else []
 
@@ -447,10 +441,14 @@ def _release_cached_memory(learner) -> None:
         torch.cuda.empty_cache()
 
 
-def _num_engines(config) -> int:
-    """``engine.num_engines`` of an LLM module's ``model_config`` (0 without engine actors)."""
+def engine_settings(config) -> dict | None:
+    """The checked ``model_config.engine`` of a run with engine actors; None without them."""
+    from rllib_seeupo.llm.module import checked_engine
+
     engine = (config.model_config or {}).get("engine")
-    return int(engine.get("num_engines", 0)) if isinstance(engine, dict) else 0
+    if not isinstance(engine, dict) or not engine.get("num_engines"):
+        return None
+    return checked_engine(engine)
 
 
 def _each_engine(engines: list, method: str) -> list:

@@ -168,11 +168,17 @@ def env_runner_memory(config) -> dict[str, float] | None:
     tokens = config.num_envs_per_env_runner * (settings["max_prompt_tokens"] + settings["max_new_tokens"])
     actors = checked_engine(settings["engine"])["num_engines"]
     if actors:  # the engine actor holds the model and its runners' live episodes
-        tokens *= -(-max(config.num_env_runners, 1) // actors)
+        tokens *= runners_per_engine(config, actors)
     kv_cache = tokens * 2 * shape.layers * shape.kv_heads * shape.head_dim * dtype_bytes
     parts = {"weights": shape.parameters() * dtype_bytes + adapter, "kv_cache": kv_cache}
     parts["total"] = sum(parts.values())
     return {**parts, "tokens": tokens}
+
+
+def runners_per_engine(config, engines: int) -> int:
+    """The most env runners that share one of ``engines`` engine actors (runner i uses engine
+    (i - 1) mod engines; the driver's runner when there are none)."""
+    return -(-max(config.num_env_runners, 1) // engines)
 
 
 def _llm_settings(config) -> dict[str, Any] | None:
@@ -223,8 +229,8 @@ def resources(config) -> list[dict[str, Any]]:
         rows.append({"actor": "env runner", "count": len(runners), "cpus": runners[0].get("CPU", 0),
                      "gpus": runners[0].get("GPU", 0), "runs": runner})
     if actors:
-        sharing = -(-max(config.num_env_runners, 1) // actors)
-        what = f"a {engine['kind']} engine (tensor_parallel_size {engine['tensor_parallel_size']}) for up to {sharing} env runner(s)"
+        what = (f"a {engine['kind']} engine (tensor_parallel_size {engine['tensor_parallel_size']}) for up to "
+                f"{runners_per_engine(config, actors)} env runner(s)")
         if engine["placement"] == "colocated":
             what += "; sleeps while the learners update"
         rows.append({"actor": "engine", "count": actors, "cpus": engine["num_cpus_per_engine"],

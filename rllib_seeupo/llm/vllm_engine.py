@@ -126,7 +126,6 @@ class VLLMEngine:
         self.lora_request = None  # the adapter that requests are served with (LoRA only)
         self._adapter_dir = None
         self._syncs: list[dict[str, float]] = []
-        self._last_chunks = 0
         self.sleeping = False
 
     def sleep(self) -> None:
@@ -148,14 +147,13 @@ class VLLMEngine:
         if version == self.weights_version:
             return
         start = time.perf_counter()
-        payload = self._load_adapter() if self.lora_rank is not None else self._load_full_weights()
+        payload, chunks = (self._load_adapter(), 1) if self.lora_rank is not None else self._load_full_weights()
         self.weights_version = version
-        self._syncs.append({"bytes": float(payload), "seconds": time.perf_counter() - start,
-                            "chunks": float(self._last_chunks if self.lora_rank is None else 1)})
+        self._syncs.append({"bytes": float(payload), "seconds": time.perf_counter() - start, "chunks": float(chunks)})
 
-    def _load_full_weights(self) -> int:
+    def _load_full_weights(self) -> tuple[int, int]:
         """Stream every weight to vLLM's worker in chunks of whole layers of at most
-        ``WEIGHT_CHUNK_BYTES`` each. Returns the bytes sent."""
+        ``WEIGHT_CHUNK_BYTES`` each. Returns the bytes sent and the number of chunks."""
         from safetensors.torch import save
 
         from rllib_seeupo.llm import engine_actor
@@ -168,8 +166,7 @@ class VLLMEngine:
         self.llm.collective_rpc("finish_policy_weights")
         # Cached prompt heads were computed with the old weights.
         self.llm.reset_prefix_cache()
-        self._last_chunks = len(chunks)
-        return sent
+        return sent, len(chunks)
 
     def _load_adapter(self) -> int:
         """Write the module's adapter (peft's files) and serve requests with it under a new
