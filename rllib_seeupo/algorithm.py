@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import os
 import time
 from typing import Hashable
 
@@ -78,9 +79,12 @@ class SeeUPO(Algorithm):
         return PlacementGroupFactory(bundles=request.bundles + bundles, strategy=request.strategy)
 
     def setup(self, config) -> None:
-        # Engine actors (``engine.num_engines``) start first: the held-out evaluation before
-        # training (an ``on_algorithm_init`` callback of ``super().setup``) generates on them.
-        self._engines = start_engines(config.model_config) if engine_settings(config) else []
+        # Engine actors (``engine.num_engines``) start at the first ``rollout_engines`` call,
+        # once the learners hold their GPUs (a colocated engine goes on its learner's): the
+        # held-out evaluation before training (an ``on_algorithm_init`` callback of
+        # ``super().setup``) or the first sampling round.
+        self._engine = engine_settings(config)  # None without engine actors
+        self._engines = []
         self._engine_weights = 0  # the version of the learner weights the engines should hold
         try:
             super().setup(config)
@@ -95,18 +99,18 @@ class SeeUPO(Algorithm):
             return
         if self._seed_key is not None:  # this iteration's learner noise (rollouts.seed_learner)
             seed_learners(self.learner_group, self._seed_key)
-        colocated = self._engines and engine_settings(self.config)["placement"] == "colocated"
+        colocated = self._engine is not None and self._engine["placement"] == "colocated"
         if colocated:
             _each_engine(self._engines, "sleep")  # they wake at their next request
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             self.update_policy(rollouts, advantages, rng)
         if colocated:
-            learner_call(self.learner_group, _release_cached_memory)  # the engines take the GPU back
+            self.learner_group.foreach_learner(_release_cached_memory)  # the engines take the GPUs back
         steps = optimizer_steps(self.learner_group)
         if steps is not None:  # lifetime, as RLlib's PPO reports it (callbacks.log_optimizer_steps)
             self.metrics.log_value(OPTIMIZER_STEPS, steps, window=1)
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
-            if self._engines:  # the env runners hold no weights: the engines take them
+            if self._engine is not None:  # the env runners hold no weights: the engines take them
                 self._engine_weights += 1
                 self.rollout_engines()
             else:
@@ -121,8 +125,10 @@ class SeeUPO(Algorithm):
         holding the learner's current weights: one that Ray restarted, or that missed a
         sync, gets them now. Waits up to ``timeout_s`` (``env_runner_restore_timeout_s``)
         for a restarting engine."""
-        if not self._engines:
+        if self._engine is None:
             return []
+        if not self._engines:
+            self._engines = self._start_engines()
         timeout_s = self.config.env_runner_restore_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         versions = [_engine_info(engine, deadline) for engine in self._engines]
@@ -136,6 +142,13 @@ class SeeUPO(Algorithm):
                 chunk = ray.put(chunk)
                 ray.get([engine.set_weights.remote(chunk, version) for engine in stale], timeout=timeout_s)
         return list(self._engines)
+
+    def _start_engines(self) -> list:
+        """The engine actors, started; colocated ones each on one learner's GPUs."""
+        devices = None
+        if self._engine["placement"] == "colocated":
+            devices = [r.get() for r in self.learner_group.foreach_learner(_visible_devices)]
+        return start_engines(self.config.model_config, visible_devices=devices)
 
     @property
     def engine_weights_version(self) -> int:
@@ -179,10 +192,10 @@ class SeeUPO(Algorithm):
                 self.env_runner_group, [task_ids[int(i)] for i in picks], config.group_size, self._seed_key, local,
                 restore=lambda: self.restore_env_runners(self.env_runner_group),
                 restore_timeout_s=config.env_runner_restore_timeout_s,
-                engines=(lambda: (self.rollout_engines(), self.engine_weights_version)) if self._engines else None,
+                engines=(lambda: (self.rollout_engines(), self.engine_weights_version)) if self._engine else None,
             )
             self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
-            if self._engines:
+            if self._engine is not None:
                 self._log_engine_syncs()
             self.metrics.log_value((ROLLOUTS, "retried_groups"), retried, window=1)
         sampling_s = time.perf_counter() - start
@@ -439,6 +452,12 @@ def _release_cached_memory(learner) -> None:
     device, so that colocated engines can wake up into it."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _visible_devices(learner) -> str | None:
+    """The GPUs that the learner's process sees (Ray sets ``CUDA_VISIBLE_DEVICES`` in a
+    learner actor to the GPU it gave it; RLlib does not share them between learners)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def engine_settings(config) -> dict | None:

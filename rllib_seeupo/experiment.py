@@ -514,9 +514,8 @@ def validate_experiment(experiment: Experiment, where: str | Path = "") -> None:
         if engine["num_engines"] > runners:
             raise ConfigError(f"{prefix}model_config.engine.num_engines is {engine['num_engines']}, more than the "
                               f"{runners} env runner(s) that send to them")
-        if engine["placement"] == "colocated" and int(settings.get("num_learners") or 0) > 1:
-            raise ConfigError(f"{prefix}model_config.engine.placement 'colocated' with num_learners > 1: Ray does not "
-                              "pair each engine with a learner's GPU; use 'split'")
+        if engine["placement"] == "colocated":
+            _check_colocated(engine, settings, prefix)
         if settings.get("num_gpus_per_env_runner"):
             raise ConfigError(f"{prefix}num_gpus_per_env_runner: with engine actors the env runners hold no model; "
                               "set it to 0 (the engines' GPUs are engine.num_gpus_per_engine)")
@@ -532,6 +531,23 @@ def validate_experiment(experiment: Experiment, where: str | Path = "") -> None:
             raise ConfigError(f"{prefix}model_config.model: {error}") from None
     if plain and isinstance(raw, str) and not Path(raw).is_absolute() and Path(raw).is_dir():
         experiment.config["model_config"]["model"] = os.path.abspath(raw)
+
+
+def _check_colocated(engine: dict, settings: dict, prefix: str) -> None:
+    """Colocated engines run on the learners' GPUs, one engine on each (engine i on learner
+    i's; with ``num_learners`` 0 on the driver's learner)."""
+    learners = max(int(settings.get("num_learners") or 0), 1)
+    if engine["num_engines"] != learners:
+        raise ConfigError(f"{prefix}model_config.engine.num_engines is {engine['num_engines']}; placement 'colocated' "
+                          f"puts one engine on each learner's GPU: set it to {learners}")
+    if engine["tensor_parallel_size"] > 1:
+        raise ConfigError(f"{prefix}model_config.engine.tensor_parallel_size is {engine['tensor_parallel_size']}; a "
+                          "colocated engine sees its learner's one GPU: set it to 1, or use placement 'split'")
+    gpus = settings.get("num_gpus_per_learner") or 0
+    if gpus not in (0, 1) or (engine["kind"] == "vllm" and gpus != 1):
+        need = "1" if engine["kind"] == "vllm" else "1 (or 0 for a learner on CPU)"
+        raise ConfigError(f"{prefix}num_gpus_per_learner is {gpus}; with placement 'colocated' each learner holds a "
+                          f"whole GPU that its engine shares: set it to {need}")
 
 
 def algorithm_class(run: str):

@@ -232,7 +232,7 @@ def resources(config) -> list[dict[str, Any]]:
         what = (f"a {engine['kind']} engine (tensor_parallel_size {engine['tensor_parallel_size']}) for up to "
                 f"{runners_per_engine(config, actors)} env runner(s)")
         if engine["placement"] == "colocated":
-            what += "; sleeps while the learners update"
+            what += "; on a learner's GPU (engine i on learner i's), asleep while the learners update"
         rows.append({"actor": "engine", "count": actors, "cpus": engine["num_cpus_per_engine"],
                      "gpus": engine["num_gpus_per_engine"], "runs": what})
     return rows
@@ -269,8 +269,9 @@ def report(config) -> str:
     engine = checked_engine(settings["engine"])
     if engine["num_engines"]:
         gpus = engine["num_gpus_per_engine"]
+        where = "its learner's GPU" if engine["placement"] == "colocated" else f"{gpus} GPU" if gpus else "CPU"
         lines.append(f"Engine actor memory, estimated ({runner['tokens']} tokens of its env runners' live episodes "
-                     f"at their longest; on {f'{gpus} GPU' if gpus else 'CPU'}):")
+                     f"at their longest; on {where}):")
     else:
         where = f"{config.num_gpus_per_env_runner} GPU" if config.num_gpus_per_env_runner and config.num_env_runners else "CPU"
         lines.append(f"Env runner memory, estimated ({runner['tokens']} tokens of live episodes at their longest; on {where}):")

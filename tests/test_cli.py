@@ -63,13 +63,13 @@ def test_dry_run_prints_resources_and_memory_for_every_tuned_example(tmp_path, m
             holders = engine["num_engines"] if engine["num_gpus_per_engine"] else 0
         else:
             holders = config.num_env_runners if config.num_gpus_per_env_runner else 0
-        if engine["placement"] == "colocated":  # asleep while the learners update
+        if engine["placement"] == "colocated":  # on its learner's GPU, asleep while the learners update
             resident = (parts["weights"] + parts["gradients"] + parts["optimizer"]) / GB
-            assert learners * resident + holders * runner <= count * gib and learners * learner <= count * gib, path
+            assert engine["num_engines"] == learners <= count and resident + runner <= gib and learner <= gib, path
         else:
             assert learners * learner + holders * runner <= count * gib, path
     assert not (tmp_path / "unused").exists()  # a dry run writes nothing
-    assert gpu_examples == 5
+    assert gpu_examples == 6
 
 
 # Every baseline and ablation, on the bandit and on the embedded env (docs/design.md section 1.6).

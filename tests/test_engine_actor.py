@@ -89,6 +89,36 @@ def test_two_env_runners_share_one_engine_actor_that_tracks_the_learner_and_surv
         algo.stop()
 
 
+def test_colocated_engines_run_on_their_own_learners_gpus(ray_session, tiny_model):
+    """Two learners, two colocated engines: engine i sees learner i's GPUs (its
+    ``CUDA_VISIBLE_DEVICES``) and asks Ray for none. On CPU no learner holds a GPU, so each
+    learner's process is first given the CUDA_VISIBLE_DEVICES that Ray sets for a learner's
+    GPU; the engines start at the first ``rollout_engines`` call (the first sampling round),
+    after the learners. The colocated iteration itself: the test above."""
+    algo = _config(tiny_model, 0, num_engines=2, placement="colocated").learners(num_learners=2).build_algo()
+    try:
+        algo.learner_group.foreach_learner(_pretend_gpu(first=6))
+        infos = [ray.get(engine.info.remote()) for engine in algo.rollout_engines()]
+        assert [info["visible_devices"] for info in infos] == ["6", "7"]
+        assert all(info["version"] == 0 for info in infos)  # started, and given the learners' weights
+    finally:
+        algo.stop()
+
+
+def _pretend_gpu(first: int):
+    """For ``foreach_learner``: the learner of rank r sees GPU ``first + r``. A closure, so
+    Ray pickles it by value."""
+
+    def set_devices(learner):
+        import os
+
+        import torch.distributed as dist
+
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(first + dist.get_rank())
+
+    return set_devices
+
+
 def _exit_at_next_request():
     """A function for ``__ray_call__`` that makes the engine's process exit (as a crash would)
     at its next request. A closure, so Ray pickles it by value (the actor cannot import this
@@ -192,7 +222,9 @@ def test_full_weights_stream_in_bounded_chunks_of_whole_layers(tiny_model):
     ({"placement": "mixed"}, "engine.placement must be one of"),
     ({"placement": "colocated"}, "colocated.*needs engine.num_engines >= 1"),
     ({"num_engines": 1, "num_gpus_per_engine": 2}, "transformers engine uses one GPU"),
-    ({"kind": "vllm", "num_engines": 1, "placement": "colocated"}, "colocated' with vLLM needs engine.num_gpus_per_engine"),
+    ({"num_engines": 1, "num_gpus_per_engine": 0.5, "placement": "colocated"},
+     "num_gpus_per_engine must be 0 with placement 'colocated'"),
+    ({"kind": "vllm", "num_engines": 1, "placement": "colocated"}, "gpu_memory_utilization must be set below 1"),
     ({"kind": "vllm", "num_engines": 1, "num_gpus_per_engine": 1, "tensor_parallel_size": 2},
      "tensor_parallel_size is 2, but engine.num_gpus_per_engine"),
 ])

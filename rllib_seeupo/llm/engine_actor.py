@@ -23,10 +23,10 @@ the current ones before the next sampling round (``SeeUPO.rollout_engines``); un
 refuses requests that expect a version (``StaleEngineError``), so no episode is recorded
 under the wrong weights.
 
-Placement: ``split`` engines hold GPUs of their own; ``colocated`` engines take a fraction of
-a GPU that a learner also uses and release their memory (``sleep``) while the learners
-update: vLLM's sleep mode (level 1: weights to CPU, KV cache dropped), the transformers
-engine moves its model to CPU.
+Placement: ``split`` engines hold GPUs of their own; a ``colocated`` engine runs on one
+learner's GPU (engine ``i`` on learner ``i``'s, by its ``CUDA_VISIBLE_DEVICES``) and releases
+its memory (``sleep``) while the learners update: vLLM's sleep mode (level 1: weights to CPU,
+KV cache dropped), the transformers engine moves its model to CPU.
 
 The actor is built from the module's settings alone, so it runs without RLlib's env runner
 machinery (``start_engines`` starts it in Ray); its batching, ``BatchingEngine``, needs no Ray
@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 GATHER_S = 0.02  # how long an idle engine waits for more requests before it generates
 MAX_CONCURRENCY = 256  # requests an engine actor holds at once (one per env runner is typical)
 
@@ -249,8 +250,10 @@ class RolloutEngine(BatchingEngine):
             self.sleeping = False
 
     def info(self) -> dict[str, Any]:
-        """The weights' version, the process id and the request counts."""
-        return {"version": self.version, "pid": os.getpid(), "sleeping": self.sleeping, **self.counts}
+        """The weights' version, the process id, the GPUs it sees (``CUDA_VISIBLE_DEVICES``,
+        None if unset) and the request counts."""
+        return {"version": self.version, "pid": os.getpid(), "sleeping": self.sleeping,
+                "visible_devices": os.environ.get(VISIBLE_DEVICES), **self.counts}
 
     def pop_weight_sync_stats(self) -> list[dict[str, float]]:
         """The weight loads since the last call, ``{"bytes", "seconds"}`` each."""
@@ -259,17 +262,34 @@ class RolloutEngine(BatchingEngine):
         return syncs
 
 
-def start_engines(model_config: dict[str, Any], *, torch_threads: int | None = None) -> list:
+def start_engines(model_config: dict[str, Any], *, torch_threads: int | None = None,
+                  visible_devices: list[str | None] | None = None) -> list:
     """Start ``engine.num_engines`` ``RolloutEngine`` actors for ``model_config``; returns
     their handles. Ray restarts an engine whose process dies (its requests in flight fail and
-    are sampled again by SeeUPO)."""
+    are sampled again by SeeUPO).
+
+    Args:
+        visible_devices: for colocated engines, engine ``i``'s ``CUDA_VISIBLE_DEVICES``: the
+            GPUs that Ray gave learner ``i`` (None: what the node's processes see). Such an
+            engine asks Ray for no GPU (``num_gpus_per_engine`` is 0): the learner's
+            reservation covers the GPU they share, as verl's hybrid engine shares the
+            actor's.
+    """
     import ray
 
     from rllib_seeupo.llm.module import checked_engine
 
     engine = checked_engine(model_config.get("engine", "transformers"))
-    actor = ray.remote(RolloutEngine).options(
-        num_cpus=engine["num_cpus_per_engine"], num_gpus=engine["num_gpus_per_engine"], max_restarts=-1,
-        max_task_retries=0, max_concurrency=MAX_CONCURRENCY,
-    )
-    return [actor.remote(model_config, torch_threads) for _ in range(engine["num_engines"])]
+    options = dict(num_cpus=engine["num_cpus_per_engine"], num_gpus=engine["num_gpus_per_engine"], max_restarts=-1,
+                   max_task_retries=0, max_concurrency=MAX_CONCURRENCY)
+    devices = visible_devices or [None] * engine["num_engines"]
+    if len(devices) != engine["num_engines"]:
+        raise ValueError(f"start_engines: {len(devices)} visible_devices for {engine['num_engines']} engines")
+    # Ray leaves CUDA_VISIBLE_DEVICES alone in an actor that asks for no GPU, so the
+    # runtime env's value holds in the engine's process (and in a restarted one).
+    return [
+        ray.remote(RolloutEngine).options(
+            **options, **({} if d is None else {"runtime_env": {"env_vars": {VISIBLE_DEVICES: d}}})
+        ).remote(model_config, torch_threads)
+        for d in devices
+    ]

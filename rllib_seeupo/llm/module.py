@@ -94,7 +94,9 @@ ENGINE_DEFAULTS = {
     "num_engines": 0,
     "num_gpus_per_engine": 0,
     "num_cpus_per_engine": 1,
-    "placement": "split",  # or "colocated": engines sleep while the learners update
+    # "split": engines on GPUs of their own; "colocated": engine i on learner i's GPU, asleep
+    # while the learners update.
+    "placement": "split",
 }
 # Settings of either engine kind (the rest are vLLM's).
 ENGINE_ACTOR_SETTINGS = ("num_engines", "num_gpus_per_engine", "num_cpus_per_engine", "placement")
@@ -180,9 +182,12 @@ def checked_engine(engine: Any) -> dict[str, Any]:
     gpus = engine["num_gpus_per_engine"]
     if engine["kind"] == "transformers" and gpus > 1:
         raise ValueError(f"LLMRLModule: engine.num_gpus_per_engine is {gpus}; the transformers engine uses one GPU")
-    if engine["placement"] == "colocated" and engine["kind"] == "vllm" and not 0 < gpus < 1:
-        raise ValueError("LLMRLModule: engine.placement 'colocated' with vLLM needs engine.num_gpus_per_engine in "
-                         f"(0, 1), a share of a learner's GPU (vLLM's sleep mode needs CUDA), got {gpus!r}")
+    if engine["placement"] == "colocated" and gpus:
+        raise ValueError("LLMRLModule: engine.num_gpus_per_engine must be 0 with placement 'colocated': the engine runs "
+                         f"on its learner's GPU, which Ray counts once, for the learner; got {gpus!r}")
+    if engine["placement"] == "colocated" and engine["kind"] == "vllm" and (share is None or share >= 1):
+        raise ValueError("LLMRLModule: engine.gpu_memory_utilization must be set below 1 with placement 'colocated': "
+                         f"the share of the learner's GPU that vLLM takes while it samples; got {share!r}")
     if engine["kind"] == "vllm" and count and gpus and size > max(1, gpus):
         raise ValueError(f"LLMRLModule: engine.tensor_parallel_size is {size}, but engine.num_gpus_per_engine gives "
                          f"each engine actor {gpus} GPU(s)")
