@@ -10,7 +10,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from envs.text import AnyText
 from rllib_seeupo import SHARED_MODULE_ID, SeeUPOConfig
-from rllib_seeupo.llm.module import PROMPT_IDS, RESPONSE_IDS, LLMRLModule
+from rllib_seeupo.llm.module import LLMRLModule
 from rllib_seeupo.modules.api import BEHAVIOUR_LOGP, RESPONSE_MASK
 from rllib_seeupo.rollouts import sample_scheduled, to_rollout
 

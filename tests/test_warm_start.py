@@ -59,13 +59,13 @@ def test_supervised_pairs_are_encoded_as_the_module_encodes_prompts(tiny_model):
 def test_warm_start_raises_the_likelihood_of_the_demonstrations(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rllib_seeupo.llm.core import StandalonePolicy
-    from rllib_seeupo.llm.warm_start import _batch
+    from rllib_seeupo.llm.core import StandalonePolicy, collate_prompts_and_responses
 
     e = env(max_turns=3, levels=LEVELS)
     chats = e.demonstrations(list(e.task_ids("train")[:6]))
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    batch = _batch(supervised_pairs(tokenizer, chats, response_prefix="["))
+    pairs = supervised_pairs(tokenizer, chats, response_prefix="[")
+    batch = {k: torch.as_tensor(v) for k, v in collate_prompts_and_responses(*zip(*pairs)).items()}
 
     def mean_logp(folder):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from rllib_seeupo.batching import consecutive_slices
@@ -29,6 +30,30 @@ COMPUTE_DEFAULTS = {
     "share_prompt_prefix": True,
     "pack_tokens": 512,
 }
+
+
+def collate_prompts_and_responses(prompts: list, responses: list) -> dict[str, np.ndarray]:
+    """The turn-row layout: prompts left-padded and responses right-padded, so that every
+    response starts at column ``P``.
+
+    Args:
+        prompts: ``B`` token-id sequences.
+        responses: ``B`` token-id sequences (may be empty).
+
+    Returns:
+        ``PROMPT_IDS``/``PROMPT_MASK`` ``(B, P)`` and ``RESPONSE_IDS``/``RESPONSE_MASK``
+        ``(B, L)``, ``L >= 1``; int64 ids, bool masks, zeros where padded.
+    """
+    B, P = len(prompts), max(len(p) for p in prompts)
+    L = max(1, max(len(y) for y in responses))
+    columns = {PROMPT_IDS: np.zeros((B, P), np.int64), PROMPT_MASK: np.zeros((B, P), bool),
+               RESPONSE_IDS: np.zeros((B, L), np.int64), RESPONSE_MASK: np.zeros((B, L), bool)}
+    for i, (p, y) in enumerate(zip(prompts, responses, strict=True)):
+        columns[PROMPT_IDS][i, P - len(p):] = p
+        columns[PROMPT_MASK][i, P - len(p):] = True
+        columns[RESPONSE_IDS][i, : len(y)] = y
+        columns[RESPONSE_MASK][i, : len(y)] = True
+    return columns
 
 
 class TokenPolicy:

@@ -66,7 +66,7 @@ from ray.rllib.utils.numpy import convert_to_numpy
 
 from envs.text import decode_messages
 from rllib_seeupo.columns import PROMPT_IDS, PROMPT_MASK, RESPONSE_IDS
-from rllib_seeupo.llm.core import COMPUTE_DEFAULTS, TokenPolicy
+from rllib_seeupo.llm.core import COMPUTE_DEFAULTS, TokenPolicy, collate_prompts_and_responses
 from rllib_seeupo.llm.models import resolve_model
 from rllib_seeupo.turn_env import PROMPT_TOO_LONG
 from rllib_seeupo.modules.api import (
@@ -406,29 +406,13 @@ class LLMRLModule(TokenPolicy, TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI
 
     @classmethod
     def collate_turn_rows(cls, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """Left-pad prompts and right-pad responses so every response starts at column P."""
-        B = len(rows)
-        P = max(len(r[PROMPT_IDS]) for r in rows)
-        L = max(1, max(len(r[RESPONSE_IDS]) for r in rows))
-        prompt_ids = np.zeros((B, P), np.int64)
-        prompt_mask = np.zeros((B, P), bool)
-        response_ids = np.zeros((B, L), np.int64)
-        response_mask = np.zeros((B, L), bool)
-        behaviour = np.zeros((B, L), np.float32)
+        """Left-pad prompts and right-pad responses so every response starts at column P
+        (``collate_prompts_and_responses``), with the rows' ``(B, L)`` behaviour log-probs."""
+        columns = collate_prompts_and_responses([r[PROMPT_IDS] for r in rows], [r[RESPONSE_IDS] for r in rows])
+        behaviour = np.zeros(columns[RESPONSE_IDS].shape, np.float32)
         for i, r in enumerate(rows):
-            p, y = np.asarray(r[PROMPT_IDS]), np.asarray(r[RESPONSE_IDS])
-            prompt_ids[i, P - len(p) :] = p
-            prompt_mask[i, P - len(p) :] = True
-            response_ids[i, : len(y)] = y
-            response_mask[i, : len(y)] = True
-            behaviour[i, : len(y)] = np.asarray(r[BEHAVIOUR_LOGP])
-        return {
-            PROMPT_IDS: prompt_ids,
-            PROMPT_MASK: prompt_mask,
-            RESPONSE_IDS: response_ids,
-            RESPONSE_MASK: response_mask,
-            BEHAVIOUR_LOGP: behaviour,
-        }
+            behaviour[i, : len(r[RESPONSE_IDS])] = np.asarray(r[BEHAVIOUR_LOGP])
+        return {**columns, BEHAVIOUR_LOGP: behaviour}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         if Columns.LOSS_MASK in batch:  # a batch from RLlib's learner connector (PPO)

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rllib_seeupo.columns import PROMPT_IDS, PROMPT_MASK, RESPONSE_IDS, RESPONSE_MASK
-from rllib_seeupo.llm.core import StandalonePolicy
+from rllib_seeupo.columns import RESPONSE_MASK
+from rllib_seeupo.llm.core import StandalonePolicy, collate_prompts_and_responses
 from rllib_seeupo.llm.models import resolve_model
 
 RECORD = "warm_start.json"
@@ -60,24 +60,6 @@ def supervised_pairs(tokenizer, chats: list[list[dict[str, str]]], response_pref
             if response:
                 pairs.append((list(prompt) + list(prefix_ids), list(response)))
     return pairs
-
-
-def _batch(pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-    """Left-padded prompts and right-padded responses (``LLMRLModule.collate_turn_rows``'s layout)."""
-    P = max(len(p) for p, _ in pairs)
-    L = max(len(r) for _, r in pairs)
-    batch = {
-        PROMPT_IDS: torch.zeros((len(pairs), P), dtype=torch.long),
-        PROMPT_MASK: torch.zeros((len(pairs), P), dtype=torch.bool),
-        RESPONSE_IDS: torch.zeros((len(pairs), L), dtype=torch.long),
-        RESPONSE_MASK: torch.zeros((len(pairs), L), dtype=torch.bool),
-    }
-    for i, (p, r) in enumerate(pairs):
-        batch[PROMPT_IDS][i, P - len(p):] = torch.tensor(p)
-        batch[PROMPT_MASK][i, P - len(p):] = True
-        batch[RESPONSE_IDS][i, : len(r)] = torch.tensor(r)
-        batch[RESPONSE_MASK][i, : len(r)] = True
-    return batch
 
 
 def warm_start(
@@ -137,7 +119,7 @@ def warm_start(
         if len(order) < batch_size:
             order += rng.permutation(len(pairs)).tolist()
         rows, order = order[:batch_size], order[batch_size:]
-        batch = _batch([pairs[i] for i in rows])
+        batch = {k: torch.as_tensor(v) for k, v in collate_prompts_and_responses(*zip(*[pairs[i] for i in rows])).items()}
         logp = policy.token_logp(net, batch, with_entropy=False)[0]
         mask = batch[RESPONSE_MASK].float()
         loss = -(logp * mask).sum() / mask.sum()
