@@ -20,6 +20,7 @@ from envs.bandit import make_instance
 from rllib_seeupo import objectives
 
 NUM_TURNS, NUM_ACTIONS, NUM_CONTEXTS = 3, 3, 2
+STALLED_STEP = 1e-8  # an ascent step this small means the instance's surrogate is at its maximum
 
 
 def _stack(instances):
@@ -89,7 +90,7 @@ def _exact_iteration(
                 value = torch.where(better, new_value, value)
                 accepted |= better
                 step = torch.where(accepted, step, step * 0.5)
-                if accepted.all():
+                if (accepted | (step < STALLED_STEP)).all():  # a stalled instance halves no further
                     break
             step = torch.where(accepted, step * 1.5, step)
             x.requires_grad_(True)
@@ -119,7 +120,7 @@ def _run(order, iterations=30, num_instances=20):
 
 @pytest.mark.parametrize("num_instances", [12, pytest.param(20, marks=pytest.mark.slow)])
 def test_exact_reverse_order_update_never_decreases_J(num_instances):
-    # 12 random instances in the default suite (21 s), all 20 with -m slow (40 s).
+    # 12 random instances in the default suite, all 20 with -m slow.
     history, optimum, *_ = _run("reverse", num_instances=num_instances)
     steps = history[1:] - history[:-1]  # (iterations, instances)
     assert steps.min() >= -1e-12, f"J decreased by {-steps.min():.3g}"
