@@ -121,9 +121,9 @@ class SeeUPO(Algorithm):
     # -- engine actors ------------------------------------------------------------------------
 
     def rollout_engines(self, timeout_s: float | None = None) -> list:
-        """The engine actors' handles (none without ``engine.num_engines``), each alive and
-        holding the learner's current weights: one that Ray restarted, or that missed a
-        sync, gets them now. Waits up to ``timeout_s`` (``env_runner_restore_timeout_s``)
+        """The engine actors' handles (none without ``engine.num_engines``; the first call
+        starts them), each alive and holding the learner's current weights: one that Ray
+        restarted, or that missed a sync, gets them now. Waits up to ``timeout_s`` (``env_runner_restore_timeout_s``)
         for a restarting engine."""
         if self._engine is None:
             return []
@@ -192,7 +192,7 @@ class SeeUPO(Algorithm):
                 self.env_runner_group, [task_ids[int(i)] for i in picks], config.group_size, self._seed_key, local,
                 restore=lambda: self.restore_env_runners(self.env_runner_group),
                 restore_timeout_s=config.env_runner_restore_timeout_s,
-                engines=(lambda: (self.rollout_engines(), self.engine_weights_version)) if self._engine else None,
+                engines=(lambda: (self.rollout_engines(), self.engine_weights_version)) if self._engine is not None else None,
             )
             self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
             if self._engine is not None:
